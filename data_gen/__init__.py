@@ -1,0 +1,1 @@
+"""data_gen: corpus -> random cut -> teacher continuation -> crash-safe Arrow shards."""

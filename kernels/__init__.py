@@ -1,0 +1,1 @@
+"""kernels: fused LoRA linear in Triton, with a plain-torch reference."""

@@ -1,0 +1,65 @@
+"""The `nif` command: one entry point, one subcommand per stage of the method.
+
+Each package registers its own subcommands (`register(subparsers)`), and each handler imports
+its heavy dependencies lazily, so `nif --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules exposing `register(subparsers)`, in the order the method runs.
+_COMMAND_MODULES = (
+    "data_gen.cli",  # gen, filter, export
+    "nif_lightning.cli_train",  # tiny-model, train, merge
+)
+
+_DESCRIPTION = """\
+Non-instructional fine-tuning: cut random documents in two, let a teacher LLM continue the
+first half, and LoRA-fine-tune a base model on (first half -> continuation).
+
+typical flow:
+  nif gen --corpus builtin --out runs/data          # documents -> teacher -> Arrow shards
+  nif filter runs/data --out runs/data-filtered     # the paper's Section 6 filters
+  nif tiny-model --out runs/tiny                    # an offline stand-in for a real base model
+  nif train --config configs/quickstart.yaml        # LoRA training, adapter export, merge
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nif",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept, re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+def _version() -> str:
+    from nif_lightning import __version__
+
+    return f"nif-lightning {__version__}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

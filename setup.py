@@ -1,0 +1,39 @@
+"""nif-lightning: instruction following from non-instructional data (Xie, Syu, Lee)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="nif-lightning",
+    version="0.1.0",
+    description=(
+        "Non-instructional fine-tuning: teacher-continued web text, LoRA with fused Triton "
+        "kernels, PyTorch Lightning + DeepSpeed training"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nif_lightning*", "kernels*", "data_gen*"]),
+    include_package_data=True,
+    # GPU users install their own CUDA build of torch first; `pip install torch==2.13.0`
+    # gives the CPU build used by CI.
+    install_requires=[
+        "torch>=2.4",
+        "lightning>=2.4",
+        "transformers>=4.45",
+        "peft>=0.13",
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "torchmetrics>=1.4",
+        "triton>=3.0; platform_system == 'Linux'",
+        "aiohttp>=3.9",
+        "datasets>=2.20",
+        "pyarrow>=15",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+        "flash": ["flash-attn>=2.5"],
+    },
+    entry_points={"console_scripts": ["nif = nif_lightning.cli:main"]},
+)
