@@ -45,6 +45,7 @@ def register(subparsers) -> None:
         "--into", default=None, help="merge into this model instead (lora-base: W + scaling*B A)"
     )
     merge.set_defaults(func=_merge)
+    register_train(subparsers)
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
@@ -65,3 +66,82 @@ def _merge(args: argparse.Namespace) -> int:
         return 2
     print(f"merged model written to {out}")
     return 0
+
+
+def register_train(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="LoRA-fine-tune a causal LM on nif data; export the adapter and a merged model",
+        description=(
+            "Train LoRA adapters with Lightning (DeepSpeed ZeRO on CUDA, the default strategy on "
+            "CPU), then write OUT/adapter (PEFT) and OUT/merged (safetensors + tokenizer).\n\n"
+            "example:\n  nif train --config configs/quickstart.yaml --max-steps 20"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("--config", default=None, help="YAML config (see configs/)")
+    train.add_argument("--model", default=None, help="hub id or local model folder")
+    train.add_argument("--data", default=None, help="dataset folder from `nif gen`/`nif filter`")
+    train.add_argument("--out", default=None, help="output folder")
+    train.add_argument("--max-steps", type=int, default=None, help="optimizer steps")
+    train.add_argument("--devices", default=None, help="devices per node ('auto' or a count)")
+    train.add_argument("--num-nodes", type=int, default=None, help="nodes (SLURM/torchrun)")
+    train.add_argument("--strategy", default=None, help="auto | deepspeed | ddp")
+    train.add_argument("--precision", default=None, help="32-true | 16-mixed | bf16-mixed")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt"
+    )
+    train.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nif_lightning.config import load_config
+
+    devices = args.devices
+    if devices is not None and devices != "auto":
+        devices = int(devices)
+    overrides = {
+        "model.path": args.model,
+        "data.dir": args.data,
+        "out": args.out,
+        "trainer.max_steps": args.max_steps,
+        "trainer.devices": devices,
+        "trainer.num_nodes": args.num_nodes,
+        "trainer.strategy": args.strategy,
+        "trainer.precision": args.precision,
+    }
+    try:
+        cfg = load_config(args.config, overrides)
+        _check_inputs(cfg, resume=args.resume)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"nif train: {err}", file=sys.stderr)
+        return 2
+    from nif_lightning.training import run_training
+
+    out = run_training(cfg, resume=args.resume)
+    print(f"adapter: {out / 'adapter'}\nmerged model: {out / 'merged'}")
+    return 0
+
+
+def _check_inputs(cfg, *, resume: bool) -> None:
+    """Bad input fails here, before any model is loaded."""
+    model = Path(cfg.model.path) if cfg.model.path else None
+    if model is None:
+        raise ValueError("no model: pass `--model` or set `model.path` in the config")
+    if model.exists() and not (model / "config.json").is_file():
+        raise FileNotFoundError(f"`--model` {model} has no config.json (not a Hugging Face model)")
+    if not model.exists() and (
+        cfg.model.path.startswith((".", "/")) or cfg.model.path.count("/") != 1
+    ):
+        raise FileNotFoundError(
+            f"`--model` {model} is neither a local folder nor a hub id (org/name)"
+        )
+    if not cfg.data.dir:
+        raise ValueError("no data: pass `--data` or set `data.dir` in the config")
+    data = Path(cfg.data.dir)
+    if not data.is_dir():
+        raise FileNotFoundError(f"`--data` {data} is not a directory")
+    if not list((data / "shards").glob("*.arrow")):
+        raise ValueError(f"`--data` {data} holds no shards/*.arrow (run `nif gen` first)")
+    if resume and not (Path(cfg.out) / "checkpoints" / "last.ckpt").is_file():
+        raise FileNotFoundError(f"`--resume`: no {Path(cfg.out) / 'checkpoints' / 'last.ckpt'}")
