@@ -1,0 +1,52 @@
+"""The DeepSpeed fp16 strategy for real (ZeRO-2, dynamic loss scaling) on one CUDA GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+
+def test_deepspeed_fp16_trains_and_exports(tmp_path):
+    pytest.importorskip("deepspeed")
+    import lightning as L
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from nif_lightning.callbacks import AdapterExport, LossScaleGuard, Throughput
+    from nif_lightning.module import NifLoraModule, OptimSettings
+    from nif_lightning.strategy import StrategyConfig, build_strategy
+    from nif_lightning.tiny_model import save_tiny_model
+
+    tiny = save_tiny_model(tmp_path / "tiny")
+    ids = torch.randint(2, 500, (4, 32))
+    labels = ids.clone()
+    labels[:, :16] = -100
+    batch = {
+        "inputs": {"input_ids": ids, "labels": labels},
+        "stats": {"tokens": 128, "slots": 128, "samples": 4, "loss_tokens": 64},
+    }
+    loader = torch.utils.data.DataLoader([batch] * 8, batch_size=None)
+    module = NifLoraModule(str(tiny), optim=OptimSettings(lr=1e-3), dtype="float16")
+    strategy = build_strategy(StrategyConfig(strategy="deepspeed", precision="16-mixed"))
+    trainer = L.Trainer(
+        accelerator="cuda",
+        devices=1,
+        strategy=strategy,
+        precision="16-mixed",
+        max_steps=8,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[AdapterExport(tmp_path / "adapter"), LossScaleGuard(), Throughput()],
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    assert trainer.global_step == 8
+    assert trainer.strategy.config["fp16"]["initial_scale_power"] == 16
+    for name, p in module.model.named_parameters():
+        if p.requires_grad:
+            assert p.dtype == torch.float32, name
+    peft = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny), tmp_path / "adapter"
+    )
+    assert any(p.abs().sum() > 0 for n, p in peft.named_parameters() if "lora_B" in n)
