@@ -1,5 +1,7 @@
 """nif-lightning: instruction following from non-instructional data (Xie, Syu, Lee)."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
@@ -9,7 +11,7 @@ setup(
         "Non-instructional fine-tuning: teacher-continued web text, LoRA with fused Triton "
         "kernels, PyTorch Lightning + DeepSpeed training"
     ),
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["nif_lightning*", "kernels*", "data_gen*"]),
