@@ -14,6 +14,7 @@ import sys
 _COMMAND_MODULES = (
     "data_gen.cli",  # gen, filter, export
     "nif_lightning.cli_train",  # tiny-model, train, merge
+    "nif_lightning.cli_run",  # run: all stages from one config
 )
 
 _DESCRIPTION = """\
@@ -25,6 +26,7 @@ typical flow:
   nif filter runs/data --out runs/data-filtered     # the paper's Section 6 filters
   nif tiny-model --out runs/tiny                    # an offline stand-in for a real base model
   nif train --config configs/quickstart.yaml        # LoRA training, adapter export, merge
+  nif run                                           # all of the above from one config
 """
 
 
@@ -50,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted; finished work is kept, re-run the same command to resume",
-              file=sys.stderr)
+        print(
+            "interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr
+        )
         return 130
 
 

@@ -3,7 +3,8 @@
 A YAML file has the sections `model`, `lora`, `data`, `optim`, `trainer` and the top-level keys
 `out` and `seed`. Every key maps to a dataclass field with a docstring; a misspelt key is an
 error naming it (a silently ignored `lora.rank` would train with the default rank). The `data`
-section is handed to the data engineer's `nif_lightning.data.DataConfig` (plus `dir`).
+section is handed to `nif_lightning.data.DataConfig` (plus `dir`). The sections `gen`, `filter`
+and `sample` belong to `nif run` (`nif_lightning.pipeline` checks them); training passes over them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class ModelSection:
     """Use the Triton fused LoRA kernels when available."""
     packed_attention: bool = True
     """Exact block-diagonal attention for packed batches."""
+    tiny: bool = False
+    """Offline stand-in: write the tiny random model (`nif tiny-model`) at `path` if missing."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float16", "bfloat16"):
@@ -92,6 +95,9 @@ class TrainConfig:
     """Global seed (data order, LoRA init)."""
 
 
+# Sections of a `nif run` config that training itself does not read.
+RUN_SECTIONS = ("gen", "filter", "sample")
+
 _SECTIONS = {
     "model": ModelSection,
     "lora": LoraSettings,
@@ -104,7 +110,7 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config") -> TrainCon
     """Build and check a `TrainConfig`; unknown keys are errors naming them."""
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in dataclasses.fields(TrainConfig)} | set(RUN_SECTIONS)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"{source}: unknown key(s) {unknown}; known: {sorted(known)}")

@@ -52,6 +52,10 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.model.tiny and not (Path(cfg.model.path) / "config.json").is_file():
+        from nif_lightning.tiny_model import save_tiny_model
+
+        save_tiny_model(cfg.model.path, seed=cfg.seed)
     L.seed_everything(cfg.seed, workers=True)
     # Data first: an empty or foreign folder should fail before the model is loaded.
     datamodule = NifDataModule(cfg.data.dir, cfg.model.path, DataConfig(**cfg.data.options))

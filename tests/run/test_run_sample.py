@@ -1,0 +1,56 @@
+"""The sample stage: greedy, deterministic, EOS handling, and clear errors for bad settings."""
+
+import pytest
+
+from nif_lightning.sample import SampleSettings, compare_models, greedy_replies
+from nif_lightning.tiny_model import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+def test_same_model_gives_the_same_greedy_answers(tiny):
+    settings = SampleSettings(prompts=["Explain what a list is.", "Write a poem."], max_new_tokens=8)
+    records = compare_models(tiny, tiny, settings)
+    assert [r["prompt"] for r in records] == settings.prompts
+    for r in records:
+        assert r["base"] == r["tuned"]
+        assert 0 <= r["base_tokens"] <= 8
+        if not r["base_stopped"]:
+            assert r["base_tokens"] == 8  # no EOS: ran to the cap
+
+
+def test_reply_stops_at_eos(tiny):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # Make EOS the argmax everywhere: every hidden state is all-ones (constant embeddings, the
+    # layers' residual branches zeroed), and only the EOS row of lm_head sees it.
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    eos = model.config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    with torch.no_grad():
+        model.model.embed_tokens.weight.fill_(1.0)
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[eos] = 1.0
+    model.save_pretrained(tiny.parent / "eos-model")
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(tiny.parent / "eos-model")
+    (reply,) = greedy_replies(tiny.parent / "eos-model", ["Hello there"], max_new_tokens=5)
+    assert reply.stopped and reply.new_tokens == 0 and reply.text == ""
+
+
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [({"prompts": ["ok", " "]}, "sample.prompts"), ({"max_new_tokens": 0}, "max_new_tokens")],
+)
+def test_bad_settings_name_the_key(kwargs, flag):
+    with pytest.raises(ValueError, match=flag):
+        SampleSettings(**kwargs)
