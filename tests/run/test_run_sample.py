@@ -12,7 +12,8 @@ def tiny(tmp_path_factory):
 
 
 def test_same_model_gives_the_same_greedy_answers(tiny):
-    settings = SampleSettings(prompts=["Explain what a list is.", "Write a poem."], max_new_tokens=8)
+    prompts = ["Explain what a list is.", "Write a poem."]
+    settings = SampleSettings(prompts=prompts, max_new_tokens=8)
     records = compare_models(tiny, tiny, settings)
     assert [r["prompt"] for r in records] == settings.prompts
     for r in records:
