@@ -32,10 +32,14 @@ setup(
         "pyarrow>=15",
         "pyyaml>=6",
         "tqdm>=4.66",
+        "matplotlib>=3.7",  # the loss plot of the run report
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
         "flash": ["flash-attn>=2.5"],
+        # DeepSpeed builds against the installed torch: install it with
+        # `DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed` (see README).
+        "deepspeed": ["deepspeed>=0.14"],
     },
     entry_points={"console_scripts": ["nif = nif_lightning.cli:main"]},
 )
