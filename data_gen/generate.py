@@ -1,0 +1,284 @@
+"""`nif gen`: corpus -> sample -> cut -> teacher -> crash-safe shards, exactly once.
+
+The shards are the record of finished work (see `shards.py`). A run:
+
+1. checks the configuration and the corpus (a clear error before any request if nothing usable
+   remains), and refuses to continue a folder generated with a different configuration, saying
+   which settings differ (operational settings — concurrency, rate limits, retries, servers —
+   may change between runs: they do not change the data);
+2. samples and cuts the documents (deterministic: same arguments, same examples);
+3. skips every id already in a shard, and sends the rest through `concurrency` asyncio workers;
+   each answer is buffered and written with the next shard, each failure is recorded in
+   `failures.jsonl` (retried by the next run, since it is in no shard);
+4. stops cleanly on `RunStopped` (spend limit, bad key) or Ctrl-C, writing every finished row;
+5. writes `manifest.json`: the configuration (no secrets) and the counts.
+
+Killing the process at any moment loses at most the rows not yet flushed (at most
+`flush_seconds` of work), which the next run requests again; nothing is ever written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_gen.corpus import SkipCounts, check_source, iter_documents
+from data_gen.sampling import Example, cut_document, sample_documents
+from data_gen.shards import DirLock, ShardWriter, read_ids, token_totals, write_json_atomic
+from data_gen.teachers import RequestFailed, RunStopped, TeacherConfig, make_teacher
+
+# Settings that may change between runs on the same folder: they change how fast the data is
+# made, not what it is.
+OPERATIONAL = {
+    "concurrency",
+    "rpm",
+    "tpm",
+    "max_retries",
+    "timeout",
+    "backoff",
+    "base_urls",
+    "api_key_env",
+}
+
+
+@dataclass
+class GenConfig:
+    """Everything `nif gen` needs. Errors name the flag."""
+
+    corpus: str
+    """`builtin`, `hf:NAME[:SPLIT]`, or a .jsonl/.json/.parquet/.txt file or folder (`--corpus`)."""
+    out: str
+    """Output folder: shards/, manifest.json, failures.jsonl (`--out`)."""
+    num_docs: int | None = None
+    """Documents to sample uniformly without replacement; None = all (`--num-docs`)."""
+    seed: int = 0
+    """Seed of the sample and the cut points (`--seed`)."""
+    text_field: str = "text"
+    """Field holding the text in JSON/parquet/HF records (`--text-field`)."""
+    id_field: str | None = None
+    """Field holding a document id; default: a hash of the text (`--id-field`)."""
+    split_min: float = 0.25
+    """Earliest cut, as a fraction of the word count (`--split-min`)."""
+    split_max: float = 0.75
+    """Latest cut, as a fraction of the word count (`--split-max`)."""
+    min_words: int = 8
+    """Shorter documents are skipped as too short (`--min-words`)."""
+    shard_rows: int = 1000
+    """Rows per shard (`--shard-rows`)."""
+    flush_seconds: float = 30.0
+    """Also write a shard at least this often, bounding work lost to a kill (`--flush-seconds`)."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_docs is not None and self.num_docs < 1:
+            raise ValueError(f"`--num-docs` must be >= 1, got {self.num_docs}")
+        if not 0.0 < self.split_min <= self.split_max < 1.0:
+            raise ValueError(
+                "`--split-min` and `--split-max` must satisfy 0 < min <= max < 1, "
+                f"got {self.split_min} and {self.split_max}"
+            )
+        if self.min_words < 2:
+            raise ValueError(f"`--min-words` must be >= 2, got {self.min_words}")
+        if self.shard_rows < 1:
+            raise ValueError(f"`--shard-rows` must be >= 1, got {self.shard_rows}")
+        if self.flush_seconds <= 0:
+            raise ValueError(f"`--flush-seconds` must be > 0, got {self.flush_seconds}")
+        check_source(self.corpus)
+
+    def public_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["teacher"] = self.teacher.public_dict()
+        return out
+
+
+@dataclass
+class GenStats:
+    sampled: int = 0
+    already_done: int = 0
+    done: int = 0  # rows in the shards after this run
+    new: int = 0  # rows written by this run
+    failed: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    finish_reasons: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_time_s: float = 0.0
+    stopped: str | None = None  # why the run stopped early, if it did
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None and self.failed == 0
+
+
+def prepare_examples(cfg: GenConfig) -> tuple[list[Example], SkipCounts]:
+    """The sampled, cut examples; raises before any request when nothing usable remains."""
+    skipped = SkipCounts()
+    docs = iter_documents(
+        cfg.corpus,
+        skipped,
+        text_field=cfg.text_field,
+        id_field=cfg.id_field,
+        min_words=cfg.min_words,
+    )
+    sample = sample_documents(docs, cfg.num_docs, cfg.seed)
+    if not sample:
+        raise ValueError(
+            f"`--corpus` {cfg.corpus}: no usable documents (skipped: {skipped.summary()}; "
+            f"text field {cfg.text_field!r}, at least {cfg.min_words} words)"
+        )
+    examples = [cut_document(d, cfg.seed, cfg.split_min, cfg.split_max) for d in sample]
+    return examples, skipped
+
+
+def check_resume(out: Path, cfg: GenConfig) -> None:
+    """Refuse to mix two configurations in one folder; name what differs."""
+    manifest = out / "manifest.json"
+    if not manifest.is_file():
+        return
+    old = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
+    new = cfg.public_dict()
+    diffs = [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if key not in ("teacher", "out", "shard_rows", "flush_seconds")
+        and old.get(key) != new.get(key)
+    ]
+    old_t, new_t = old.get("teacher", {}), new["teacher"]
+    diffs += [
+        f"teacher.{key}: {old_t.get(key)!r} -> {new_t.get(key)!r}"
+        for key in sorted(set(old_t) | set(new_t))
+        if key not in OPERATIONAL and old_t.get(key) != new_t.get(key)
+    ]
+    if diffs:
+        raise ValueError(
+            f"`--out` {out} was generated with a different configuration ({'; '.join(diffs)}); "
+            "use a new folder, or the original settings to resume"
+        )
+
+
+def generate(cfg: GenConfig, *, progress: bool = True) -> GenStats:
+    """Run (or resume) the generation described by `cfg`."""
+    out = Path(cfg.out)
+    check_resume(out, cfg)
+    examples, skipped = prepare_examples(cfg)
+    with DirLock(out):
+        return asyncio.run(_generate(cfg, out, examples, skipped, progress))
+
+
+async def _generate(
+    cfg: GenConfig, out: Path, examples: list[Example], skipped: SkipCounts, progress: bool
+) -> GenStats:
+    t0 = time.perf_counter()
+    finished = read_ids(out)
+    todo = [ex for ex in examples if ex.id not in finished]
+    stats = GenStats(
+        sampled=len(examples),
+        already_done=len(examples) - len(todo),
+        skipped=dict(skipped),
+    )
+    writer = ShardWriter(out, cfg.shard_rows, cfg.flush_seconds)
+    _write_manifest(out, cfg, stats, status="running")
+    failures = (out / "failures.jsonl").open("w", encoding="utf-8")  # this run's failures
+    bar = _progress_bar(len(todo), stats.already_done, enabled=progress)
+    queue: asyncio.Queue[Example] = asyncio.Queue()
+    for ex in todo:
+        queue.put_nowait(ex)
+    stop = asyncio.Event()
+
+    async def worker(teacher) -> None:
+        while not stop.is_set():
+            try:
+                ex = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                c = await teacher.complete(ex.prompt, reference=ex.reference)
+            except RequestFailed as err:
+                stats.failed += 1
+                failures.write(json.dumps({"id": ex.id, "reason": str(err)}) + "\n")
+                failures.flush()
+            except RunStopped as err:
+                stats.stopped = f"{type(err).__name__}: {err}"
+                stop.set()
+                return
+            else:
+                writer.add(
+                    {
+                        "id": ex.id,
+                        "prompt": ex.prompt,
+                        "completion": c.text,
+                        "reference": ex.reference,
+                        "teacher": teacher.name,
+                        "finish_reason": c.finish_reason,
+                        "prompt_tokens": c.prompt_tokens,
+                        "completion_tokens": c.completion_tokens,
+                    }
+                )
+                stats.new += 1
+                reasons = stats.finish_reasons
+                reasons[c.finish_reason] = reasons.get(c.finish_reason, 0) + 1
+            bar.update(1)
+            bar.set_postfix(done=stats.already_done + stats.new, failed=stats.failed, refresh=False)
+
+    try:
+        async with make_teacher(cfg.teacher) as teacher:
+            n = min(cfg.teacher.concurrency, max(1, len(todo)))
+            await asyncio.gather(*(worker(teacher) for _ in range(n)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        stats.stopped = "interrupted"
+        raise
+    finally:
+        writer.flush()  # every finished row, whatever happened
+        failures.close()
+        bar.close()
+        stats.done = stats.already_done + writer.written
+        stats.prompt_tokens, stats.completion_tokens = token_totals(out)  # every run's
+        stats.wall_time_s = round(time.perf_counter() - t0, 3)
+        status = "complete" if stats.complete else ("stopped" if stats.stopped else "incomplete")
+        _write_manifest(out, cfg, stats, status=status)
+    return stats
+
+
+def _write_manifest(out: Path, cfg: GenConfig, stats: GenStats, *, status: str) -> None:
+    write_json_atomic(
+        out / "manifest.json",
+        {
+            "status": status,
+            "config": cfg.public_dict(),
+            "teacher": make_teacher_name(cfg.teacher),
+            "counts": {
+                "sampled": stats.sampled,
+                "done": stats.done,
+                "new_this_run": stats.new,
+                "failed": stats.failed,
+                "skipped": stats.skipped,
+                "finish_reasons": stats.finish_reasons,
+                "prompt_tokens": stats.prompt_tokens,
+                "completion_tokens": stats.completion_tokens,
+            },
+            "wall_time_s": stats.wall_time_s,
+            "stopped": stats.stopped,
+        },
+    )
+
+
+def make_teacher_name(cfg: TeacherConfig) -> str:
+    return cfg.kind if cfg.kind == "original" else f"{cfg.kind}:{cfg.model}"
+
+
+def _progress_bar(total: int, initial: int, *, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total + initial,
+        initial=initial,
+        unit="doc",
+        desc="nif gen",
+        disable=not enabled,
+        dynamic_ncols=True,
+    )
