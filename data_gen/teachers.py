@@ -211,8 +211,12 @@ class RateLimiter:
 
     def __init__(self, rpm: float | None, tpm: float | None) -> None:
         self.rpm, self.tpm = rpm, tpm
-        self._requests = rpm or 0.0
-        self._tokens = tpm or 0.0
+        # Buckets hold one second of budget: a steady rate, not a minute's worth in one burst
+        # (the APIs enforce their per-minute limits over shorter windows).
+        self._request_cap = max(1.0, rpm / 60) if rpm else 0.0
+        self._token_cap = tpm / 60 if tpm else 0.0
+        self._requests = self._request_cap
+        self._tokens = self._token_cap
         self._updated = time.monotonic()
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
@@ -229,10 +233,15 @@ class RateLimiter:
                     continue
                 elapsed, self._updated = now - self._updated, now
                 if self.rpm:
-                    self._requests = min(self.rpm, self._requests + elapsed * self.rpm / 60)
+                    self._requests = min(
+                        self._request_cap, self._requests + elapsed * self.rpm / 60
+                    )
+                need_tokens = 0.0
                 if self.tpm:
-                    self._tokens = min(self.tpm, self._tokens + elapsed * self.tpm / 60)
-                need_tokens = min(tokens, self.tpm) if self.tpm else 0
+                    # A request bigger than a second's budget waits for a full bucket, then goes.
+                    need_tokens = min(tokens, max(self._token_cap, 1.0))
+                    cap = max(self._token_cap, need_tokens)
+                    self._tokens = min(cap, self._tokens + elapsed * self.tpm / 60)
                 wait = 0.0
                 if self.rpm and self._requests < 1:
                     wait = (1 - self._requests) * 60 / self.rpm

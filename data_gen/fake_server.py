@@ -1,0 +1,269 @@
+"""A local teacher server for tests and benchmarks: OpenAI and Anthropic wire formats, with
+latency and fault injection.
+
+Routes: `POST /v1/chat/completions`, `POST /v1/completions` (OpenAI) and `POST /v1/messages`
+(Anthropic). The default reply is a deterministic function of the prompt (`reply_for`), so a test
+can check that row X's completion belongs to document X; `reply_fn` replaces it (e.g. a judge).
+
+Faults, all optional and combinable:
+    fail_first=K, faults=[...]   each distinct prompt first gets K faults, cycling through
+                                 `faults`: 429 (with retry-after-ms), 500, 503, 529 (Anthropic
+                                 overloaded), drop (connection closed mid-request), slow (reply
+                                 after `slow_seconds`, past the client's timeout), malformed
+                                 (200 with a broken JSON body)
+    fault_rate=p                 each request also fails with probability p (seeded)
+    length_every=N               every N-th prompt (by hash) ends with finish_reason `length`
+    spend_limit_after=N          after N successful replies every request is a spend-limit 429
+    headers_remaining=True       send OpenAI rate-limit headers
+
+Run it in-process (a background thread with its own event loop, so the code under test can call
+`asyncio.run` itself):
+
+    with FakeTeacherServer(fail_first=1) as server:
+        server.url  # http://127.0.0.1:PORT/v1
+
+or as a process that a test can keep alive while it SIGKILLs the generator:
+
+    python -m data_gen.fake_server --port 0 --latency 0.05   # prints the URL when ready
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+FAULTS = ("429", "500", "503", "529", "drop", "slow", "malformed")
+
+
+def reply_for(prompt: str, words: int = 12) -> str:
+    """The server's default continuation of `prompt`: tagged with the prompt's hash."""
+    digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+    filler = " ".join(f"w{digest[i % 60 : i % 60 + 4]}" for i in range(words))
+    return f"cont-{digest[:12]} {filler}"
+
+
+@dataclass
+class FakeTeacherServer:
+    latency: float = 0.0
+    fail_first: int = 0
+    faults: tuple[str, ...] = FAULTS
+    fault_rate: float = 0.0
+    length_every: int = 0
+    spend_limit_after: int | None = None
+    slow_seconds: float = 5.0
+    headers_remaining: bool = False
+    reply_fn: Callable[[str], str] | None = None
+    seed: int = 0
+    host: str = "127.0.0.1"
+    port: int = 0
+    # What happened, for assertions.
+    requests: int = 0
+    successes: Counter = field(default_factory=Counter)  # prompt hash -> replies sent
+    injected: Counter = field(default_factory=Counter)  # fault kind -> count
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.faults) - set(FAULTS))
+        if bad:
+            raise ValueError(f"unknown fault kind(s) {bad}; known: {FAULTS}")
+        self._seen: Counter = Counter()
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner = None
+
+    # ---- the app -------------------------------------------------------------------------------
+
+    def app(self):
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle("chat"))
+        app.router.add_post("/v1/completions", self._handle("completions"))
+        app.router.add_post("/v1/messages", self._handle("anthropic"))
+        return app
+
+    def _handle(self, fmt: str):
+        from aiohttp import web
+
+        async def handler(request):
+            body = await request.json()
+            prompt = _prompt_of(fmt, body)
+            key = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+            with self._lock:
+                self.requests += 1
+                n = self._seen[key]
+                self._seen[key] += 1
+                fault = None
+                if n < self.fail_first and self.faults:
+                    fault = self.faults[(n + int(key[:8], 16)) % len(self.faults)]
+                elif self.fault_rate and self._rng.random() < self.fault_rate:
+                    fault = self._rng.choice(self.faults)
+                spent = (
+                    self.spend_limit_after is not None
+                    and sum(self.successes.values()) >= self.spend_limit_after
+                )
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            if spent:
+                return _error(fmt, 429, "insufficient_quota", "You exceeded your current quota")
+            if fault is not None:
+                self.injected[fault] += 1
+                return await self._fault(fault, fmt, request)
+            text = self.reply_fn(prompt) if self.reply_fn else reply_for(prompt)
+            length = self.length_every and int(key[8:16], 16) % self.length_every == 0
+            with self._lock:
+                self.successes[key] += 1
+            headers = {}
+            if self.headers_remaining:
+                headers = {
+                    "x-ratelimit-remaining-requests": "100",
+                    "x-ratelimit-reset-requests": "1s",
+                }
+            return web.json_response(
+                _answer(fmt, body, text, "length" if length else "stop", prompt), headers=headers
+            )
+
+        return handler
+
+    async def _fault(self, fault: str, fmt: str, request):
+        from aiohttp import web
+
+        if fault == "429":
+            return _error(fmt, 429, "rate_limit_error", "slow down", {"retry-after-ms": "20"})
+        if fault in ("500", "503"):
+            return _error(fmt, int(fault), "server_error", "try again")
+        if fault == "529":
+            return _error(fmt, 529, "overloaded_error", "Overloaded")
+        if fault == "drop":
+            request.transport.close()
+            return web.Response(status=500)
+        if fault == "slow":
+            await asyncio.sleep(self.slow_seconds)
+            return _error(fmt, 500, "server_error", "too late")
+        return web.Response(
+            status=200, text='{"choices": [ {"trunc', content_type="application/json"
+        )
+
+    # ---- running it ----------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        self._runner = web.AppRunner(self.app())
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def __enter__(self) -> FakeTeacherServer:
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.start())
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self.stop())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake teacher server did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def _prompt_of(fmt: str, body: dict) -> str:
+    if fmt == "completions":
+        return str(body["prompt"])
+    messages = body["messages"]
+    return str(messages[-1]["content"])
+
+
+def _answer(fmt: str, body: dict, text: str, finish: str, prompt: str) -> dict:
+    usage_in, usage_out = len(prompt.split()), len(text.split())
+    if fmt == "anthropic":
+        return {
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model"),
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "max_tokens" if finish == "length" else "end_turn",
+            "usage": {"input_tokens": usage_in, "output_tokens": usage_out},
+        }
+    choice = {"index": 0, "finish_reason": finish}
+    if fmt == "chat":
+        choice["message"] = {"role": "assistant", "content": text}
+    else:
+        choice["text"] = text
+    return {
+        "object": "chat.completion" if fmt == "chat" else "text_completion",
+        "model": body.get("model"),
+        "choices": [choice],
+        "usage": {"prompt_tokens": usage_in, "completion_tokens": usage_out},
+    }
+
+
+def _error(fmt: str, status: int, kind: str, message: str, headers: dict | None = None):
+    from aiohttp import web
+
+    if fmt == "anthropic":
+        body = {"type": "error", "error": {"type": kind, "message": message}}
+    else:
+        body = {"error": {"type": kind, "code": kind, "message": message}}
+    return web.json_response(body, status=status, headers=headers or {})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Local fake teacher server (tests, benchmarks).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 = any free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per reply")
+    parser.add_argument("--fail-first", type=int, default=0, help="faults per prompt first")
+    parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated kinds")
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--slow-seconds", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    server = FakeTeacherServer(
+        latency=args.latency,
+        fail_first=args.fail_first,
+        faults=tuple(f for f in args.faults.split(",") if f),
+        fault_rate=args.fault_rate,
+        slow_seconds=args.slow_seconds,
+        host=args.host,
+        port=args.port,
+    )
+
+    async def serve() -> None:
+        await server.start()
+        print(server.url, flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""`nif gen` on local sources with the `original` teacher: sampling, cuts, shards, determinism,
+bad input counted by reason, changed configuration refused, exports and shards loadable."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pyarrow as pa
+import pytest
+
+from data_gen.cli import register
+from data_gen.corpus import Document
+from data_gen.generate import GenConfig, generate
+from data_gen.sampling import cut_document, sample_documents
+from data_gen.shards import read_rows
+
+
+def _nif(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="nif")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _text(i: int, words: int = 40) -> str:
+    return "  ".join(f"Doc{i}\tword{j}\n" if j % 9 == 0 else f"d{i}w{j}" for j in range(words))
+
+
+def test_sampling_is_uniform_without_replacement_and_reproducible():
+    docs = [Document(str(i), _text(i)) for i in range(200)]
+    a = sample_documents(docs, 50, seed=3)
+    assert a == sample_documents(docs, 50, seed=3)
+    assert a != sample_documents(docs, 50, seed=4)
+    assert len({d.id for d in a}) == 50
+    # Uniform: over many seeds every document is drawn about 50/200 of the time.
+    counts = {d.id: 0 for d in docs}
+    for seed in range(400):
+        for d in sample_documents(docs, 50, seed):
+            counts[d.id] += 1
+    assert min(counts.values()) > 60 and max(counts.values()) < 140  # mean 100
+
+
+def test_cut_keeps_whitespace_verbatim_and_falls_in_the_window():
+    doc = Document("x", _text(1, words=101))
+    n_words = len(doc.text.split())
+    for seed in range(50):
+        ex = cut_document(doc, seed, 0.25, 0.75)
+        assert ex.prompt + ex.reference == doc.text  # nothing lost or altered
+        k = len(ex.prompt.split())
+        assert 0.25 * n_words <= k <= 0.75 * n_words
+        assert not ex.prompt[-1].isspace() and ex.reference[0].isspace()
+    # The cut depends on (seed, id) only, not on the other documents.
+    assert cut_document(doc, 7, 0.25, 0.75) == cut_document(doc, 7, 0.25, 0.75)
+
+
+def test_builtin_gen_writes_loadable_shards_and_is_deterministic(tmp_path):
+    out1, out2 = tmp_path / "a", tmp_path / "b"
+    assert (
+        _nif(
+            [
+                "gen",
+                "--corpus",
+                "builtin",
+                "--out",
+                str(out1),
+                "--num-docs",
+                "30",
+                "--shard-rows",
+                "7",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        _nif(["gen", "--corpus", "builtin", "--out", str(out2), "--num-docs", "30", "--quiet"]) == 0
+    )
+    rows1, rows2 = read_rows(out1), read_rows(out2)
+    assert len(rows1) == 30 and len({r["id"] for r in rows1}) == 30
+    assert sorted(rows1, key=lambda r: r["id"]) == sorted(rows2, key=lambda r: r["id"])
+    assert {r["finish_reason"] for r in rows1} == {"original"}
+    assert all(r["completion"] == r["reference"] for r in rows1)
+    assert len(list((out1 / "shards").glob("part-*.arrow"))) == 5  # 7+7+7+7+2
+    manifest = json.loads((out1 / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["counts"]["done"] == 30
+
+    # Readable by pyarrow's stream reader and by `datasets`' arrow loader.
+    from datasets import load_dataset
+
+    ds = load_dataset("arrow", data_files=str(out1 / "shards" / "*.arrow"), split="train")
+    assert ds.num_rows == 30
+    assert set(ds.column_names) >= {
+        "id",
+        "prompt",
+        "completion",
+        "reference",
+        "teacher",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+    }
+    assert isinstance(pa.ipc.open_stream(str(out1 / "shards" / "part-00000.arrow")), object)
+
+    # Re-running the finished job does nothing and duplicates nothing.
+    assert (
+        _nif(["gen", "--corpus", "builtin", "--out", str(out1), "--num-docs", "30", "--quiet"]) == 0
+    )
+    assert len(read_rows(out1)) == 30
+
+
+def test_changed_configuration_is_refused_naming_what_differs(tmp_path, capsys):
+    out = tmp_path / "d"
+    base = ["gen", "--corpus", "builtin", "--out", str(out), "--num-docs", "10", "--quiet"]
+    assert _nif(base) == 0
+    assert _nif([*base, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "seed: 0 -> 1" in err and str(out) in err
+    assert _nif([*base, "--split-max", "0.5"]) == 2
+    assert "split_max: 0.75 -> 0.5" in capsys.readouterr().err
+    # Operational settings may change: they do not change the data.
+    assert _nif([*base, "--concurrency", "3", "--shard-rows", "2"]) == 0
+
+
+def _bad_corpus(folder):
+    folder.mkdir()
+    good = [{"text": _text(i), "id": f"g{i}"} for i in range(6)]
+    lines = [json.dumps(r).encode() for r in good]
+    lines += [
+        b"{not json",
+        json.dumps({"body": _text(99)}).encode(),  # missing field
+        json.dumps({"text": "   "}).encode(),  # empty
+        json.dumps({"text": "too short"}).encode(),  # too short
+        b'{"text": "caf\xe9 ' + b"x " * 20 + b'"}',  # invalid UTF-8 (latin-1 byte)
+        json.dumps(good[0]).encode(),  # the same document again
+    ]
+    (folder / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    (folder / "b.json").write_text(json.dumps([{"text": _text(50), "id": "j1"}, "not-a-record"]))
+    (folder / "c.parquet").write_bytes(b"this is not parquet")  # unreadable
+    (folder / "d.txt").write_text(_text(70))
+    (folder / "ignored.csv").write_text("a,b\n")
+
+
+def test_bad_input_is_skipped_and_counted_by_reason(tmp_path):
+    _bad_corpus(tmp_path / "corpus")
+    cfg = GenConfig(corpus=str(tmp_path / "corpus"), out=str(tmp_path / "out"))
+    stats = generate(cfg, progress=False)
+    assert stats.done == 8  # 6 good jsonl + 1 json + 1 txt
+    assert stats.skipped == {
+        "invalid_json": 2,  # the broken line and the non-record list item
+        "missing_field": 1,
+        "empty": 1,
+        "too_short": 1,
+        "invalid_utf8": 1,
+        "duplicate": 1,
+        "unreadable_file": 1,
+    }
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["skipped"] == stats.skipped
+
+
+def test_nothing_usable_is_a_clear_error_before_any_request(tmp_path, capsys):
+    from data_gen.fake_server import FakeTeacherServer
+
+    (tmp_path / "empty.jsonl").write_text('{"text": ""}\n{oops\n')
+    with FakeTeacherServer() as server:
+        code = _nif(
+            [
+                "gen",
+                "--corpus",
+                str(tmp_path / "empty.jsonl"),
+                "--out",
+                str(tmp_path / "o"),
+                "--teacher",
+                "openai",
+                "--model",
+                "m",
+                "--base-url",
+                server.url,
+                "--quiet",
+            ]
+        )
+        assert server.requests == 0
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no usable documents" in err and "1 empty" in err and "1 invalid_json" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--corpus", "/nope/x.jsonl"], "`--corpus` /nope/x.jsonl does not exist"),
+        (["--corpus", "builtin", "--split-min", "0.8"], "--split-min"),
+        (["--corpus", "builtin", "--num-docs", "0"], "--num-docs"),
+        (["--corpus", "builtin", "--teacher", "openai"], "needs `--model`"),
+        (["--corpus", "builtin", "--teacher", "openai", "--model", "m"], "OPENAI_API_KEY"),
+        (
+            ["--corpus", "builtin", "--teacher", "openai", "--model", "m", "--base-url", "x"],
+            "--base-url",
+        ),
+        (
+            [
+                "--corpus",
+                "builtin",
+                "--teacher",
+                "anthropic",
+                "--model",
+                "m",
+                "--api-key-env",
+                "NIF_TEST_UNSET_VAR",
+            ],
+            "NIF_TEST_UNSET_VAR",
+        ),
+        (["--corpus", "builtin", "--rpm", "-1"], "--rpm"),
+    ],
+)
+def test_bad_flags_name_the_flag(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert _nif(["gen", *argv, "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "shards").exists()
+
+
+def test_export_llamafactory_loads_with_datasets(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "lf"
+    assert (
+        _nif(["gen", "--corpus", "builtin", "--out", str(data), "--num-docs", "12", "--quiet"]) == 0
+    )
+    assert _nif(["export", "llamafactory", str(data), str(out), "--name", "nif_owt"]) == 0
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert info["nif_owt"] == {
+        "file_name": "nif_owt.json",
+        "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+    }
+    from datasets import load_dataset
+
+    ds = load_dataset("json", data_files=str(out / "nif_owt.json"), split="train")
+    rows = {r["id"]: r for r in read_rows(data)}
+    assert ds.num_rows == 12 and set(ds.column_names) == {"instruction", "input", "output"}
+    prompts = {r["prompt"]: r["completion"] for r in rows.values()}
+    assert all(prompts[r["instruction"]] == r["output"] and r["input"] == "" for r in ds)
+    assert not [p for p in out.iterdir() if re.search(r"\.tmp$", p.name)]
