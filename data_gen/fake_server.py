@@ -6,11 +6,13 @@ Routes: `POST /v1/chat/completions`, `POST /v1/completions` (OpenAI) and `POST /
 can check that row X's completion belongs to document X; `reply_fn` replaces it (e.g. a judge).
 
 Faults, all optional and combinable:
-    fail_first=K, faults=[...]   each distinct prompt first gets K faults, cycling through
-                                 `faults`: 429 (with retry-after-ms), 500, 503, 529 (Anthropic
-                                 overloaded), drop (connection closed mid-request), slow (reply
-                                 after `slow_seconds`, past the client's timeout), malformed
-                                 (200 with a broken JSON body)
+    fail_first=K, faults=[...]   each distinct prompt first gets K faults, the kinds taken in
+                                 turn from `faults`: 429 (with retry-after-ms), 500, 503, 529
+                                 (Anthropic overloaded), drop (connection closed mid-request),
+                                 slow (reply after `slow_seconds`, past the client's timeout),
+                                 malformed
+                                 (200 with a broken JSON body); and the non-retryable 400
+                                 (context too long) and 401 (rejected key)
     fault_rate=p                 each request also fails with probability p (seeded)
     length_every=N               every N-th prompt (by hash) ends with finish_reason `length`
     spend_limit_after=N          after N successful replies every request is a spend-limit 429
@@ -39,7 +41,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-FAULTS = ("429", "500", "503", "529", "drop", "slow", "malformed")
+FAULTS = ("429", "500", "503", "529", "drop", "slow", "malformed")  # a client retries these
+FATAL_FAULTS = ("400", "401")  # context too long; rejected key
 
 
 def reply_for(prompt: str, words: int = 12) -> str:
@@ -69,10 +72,12 @@ class FakeTeacherServer:
     injected: Counter = field(default_factory=Counter)  # fault kind -> count
 
     def __post_init__(self) -> None:
-        bad = sorted(set(self.faults) - set(FAULTS))
+        bad = sorted(set(self.faults) - set(FAULTS) - set(FATAL_FAULTS))
         if bad:
-            raise ValueError(f"unknown fault kind(s) {bad}; known: {FAULTS}")
+            raise ValueError(f"unknown fault kind(s) {bad}; known: {FAULTS + FATAL_FAULTS}")
+        self.auth_seen: set[str | None] = set()
         self._seen: Counter = Counter()
+        self._next_fault = 0
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -96,6 +101,9 @@ class FakeTeacherServer:
         async def handler(request):
             body = await request.json()
             prompt = _prompt_of(fmt, body)
+            self.auth_seen.add(
+                request.headers.get("Authorization") or request.headers.get("x-api-key")
+            )
             key = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
             with self._lock:
                 self.requests += 1
@@ -103,7 +111,9 @@ class FakeTeacherServer:
                 self._seen[key] += 1
                 fault = None
                 if n < self.fail_first and self.faults:
-                    fault = self.faults[(n + int(key[:8], 16)) % len(self.faults)]
+                    # Cycle through the kinds across requests: every kind gets its turn.
+                    fault = self.faults[self._next_fault % len(self.faults)]
+                    self._next_fault += 1
                 elif self.fault_rate and self._rng.random() < self.fault_rate:
                     fault = self._rng.choice(self.faults)
                 spent = (
@@ -140,6 +150,10 @@ class FakeTeacherServer:
             return _error(fmt, 429, "rate_limit_error", "slow down", {"retry-after-ms": "20"})
         if fault in ("500", "503"):
             return _error(fmt, int(fault), "server_error", "try again")
+        if fault == "400":
+            return _error(fmt, 400, "invalid_request_error", "context too long")
+        if fault == "401":
+            return _error(fmt, 401, "authentication_error", "invalid x-api-key")
         if fault == "529":
             return _error(fmt, 529, "overloaded_error", "Overloaded")
         if fault == "drop":
