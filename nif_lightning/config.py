@@ -55,7 +55,7 @@ class TrainerSection(StrategyConfig):
     """Lightning Trainer settings (plus the strategy fields of `StrategyConfig`)."""
 
     max_steps: int = -1
-    """Optimizer steps to run; -1 = run `max_epochs` (`--max-steps`)."""
+    """Optimizer steps to run, whatever the epochs; -1 = run `max_epochs` (`--max-steps`)."""
     max_epochs: int = 3
     """Epochs (the paper: 3)."""
     accumulate_grad_batches: int = 1

@@ -26,9 +26,12 @@ def build_trainer(cfg: TrainConfig, out: Path):
         num_nodes=t.num_nodes,
         precision=t.precision,
         max_steps=t.max_steps,
-        max_epochs=t.max_epochs,
+        max_epochs=-1 if t.max_steps > 0 else t.max_epochs,  # a step budget wins
         accumulate_grad_batches=t.accumulate_grad_batches,
         val_check_interval=t.val_check_interval,
+        # An int interval counts optimizer-visible batches across epochs (packed epochs can be
+        # shorter than the interval); a float stays a fraction of each epoch.
+        check_val_every_n_epoch=None if isinstance(t.val_check_interval, int) else 1,
         log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=t.gradient_clip_val,
         default_root_dir=out,

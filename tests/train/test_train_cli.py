@@ -1,17 +1,13 @@
 """`nif train` end to end on CPU with the tiny model: the exact files it writes, the loss falls,
 the merged model equals stock PEFT's merge, and `--resume` continues from last.ckpt.
 
-Until the data engineer's `nif_lightning.data` lands, a minimal stand-in DataModule (same
-constructor and batch contract, padded batches, vanilla template) is installed for this test.
+The data are a hand-written shard in the Arrow IPC file format, read by the real DataModule.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import sys
-import types
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -26,78 +22,10 @@ def _main(argv: list[str]) -> int:
     return args.func(args)
 
 
-def _standin_data_module():
-    import lightning as L
-    import pyarrow as pa
-    from transformers import AutoTokenizer
-
-    @dataclass
-    class DataConfig:
-        batch_size: int = 4
-
-    class NifDataModule(L.LightningDataModule):
-        def __init__(self, data_dir, tokenizer_or_path, cfg):
-            super().__init__()
-            tok = AutoTokenizer.from_pretrained(tokenizer_or_path)
-            rows = []
-            for shard in sorted(
-                (data_dir and __import__("pathlib").Path(data_dir) / "shards").glob("*.arrow")
-            ):
-                rows += pa.ipc.open_file(str(shard)).read_all().to_pylist()
-            self.samples = []
-            for row in rows:
-                p, c = tok(row["prompt"])["input_ids"], tok(row["completion"])["input_ids"]
-                ids = (p + c + [tok.eos_token_id])[:96]
-                labels = ([-100] * len(p) + c + [tok.eos_token_id])[:96]
-                self.samples.append((ids, labels))
-            self.pad, self.bs = tok.pad_token_id, cfg.batch_size
-
-        def _batches(self, samples):
-            out = []
-            for i in range(0, len(samples), self.bs):
-                chunk = samples[i : i + self.bs]
-                T = max(len(s[0]) for s in chunk)
-                ids = torch.full((len(chunk), T), self.pad)
-                labels = torch.full((len(chunk), T), -100)
-                mask = torch.zeros((len(chunk), T), dtype=torch.long)
-                for j, (x, y) in enumerate(chunk):
-                    ids[j, : len(x)], labels[j, : len(y)], mask[j, : len(x)] = (
-                        torch.tensor(x),
-                        torch.tensor(y),
-                        1,
-                    )
-                out.append(
-                    {
-                        "inputs": {"input_ids": ids, "attention_mask": mask, "labels": labels},
-                        "stats": {
-                            "tokens": int(mask.sum()),
-                            "slots": mask.numel(),
-                            "samples": len(chunk),
-                            "loss_tokens": int((labels != -100).sum()),
-                        },
-                    }
-                )
-            return out
-
-        def train_dataloader(self):
-            return torch.utils.data.DataLoader(self._batches(self.samples[4:]), batch_size=None)
-
-        def val_dataloader(self):
-            return torch.utils.data.DataLoader(self._batches(self.samples[:4]), batch_size=None)
-
-    mod = types.ModuleType("nif_lightning.data")
-    mod.DataConfig, mod.NifDataModule = DataConfig, NifDataModule
-    return mod
-
-
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    import importlib.util
-
+def data_dir(tmp_path):
     import pyarrow as pa
 
-    if importlib.util.find_spec("nif_lightning.data") is None:
-        monkeypatch.setitem(sys.modules, "nif_lightning.data", _standin_data_module())
     from data_gen.builtin import builtin_texts
 
     texts = builtin_texts()[:24]
@@ -109,6 +37,7 @@ def data_dir(tmp_path, monkeypatch):
         }
     )
     (tmp_path / "data" / "shards").mkdir(parents=True)
+    # The Arrow IPC *file* format (what other tools write); `nif gen` writes the stream format.
     with pa.ipc.new_file(str(tmp_path / "data" / "shards" / "00000.arrow"), table.schema) as w:
         w.write_table(table)
     return tmp_path / "data"
