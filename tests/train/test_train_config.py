@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -35,12 +34,16 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", _CONFIGS, ids=lambda p: p.name)
 def test_every_config_loads(path):
-    cfg = load_config(path)
-    assert cfg.model.path and cfg.data.dir
-    if importlib.util.find_spec("nif_lightning.data") is not None:
-        from nif_lightning.data import DataConfig
+    from nif_lightning.data import DataConfig
+    from nif_lightning.pipeline import load_run_config
 
-        DataConfig(**cfg.data.options)  # data keys must exist in the data engineer's config
+    cfg = load_config(path)  # as `nif train --config` reads it
+    assert cfg.model.path
+    DataConfig(**cfg.data.options)  # every data key exists
+    run = load_run_config(path)  # as `nif run` reads it: every stage's keys checked
+    stage = "data-filtered" if run.filter_args is not None else "data"
+    assert run.train.data.dir == str(Path(run.train.out) / stage)
+    assert run.gen_args[0] == "--corpus"
     if path.parent.name == "paper":
         assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (8, 16, 0.0)
         assert cfg.optim.lr == 5e-5 and cfg.trainer.precision == "16-mixed"

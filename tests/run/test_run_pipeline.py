@@ -1,0 +1,134 @@
+"""`nif run` end to end on CPU: all stages and the report; SIGKILL after gen, then resume without
+redoing gen; a finished run re-run is all skips; a changed or invalid config is refused up front."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nif_lightning.pipeline import load_run_config, run_pipeline
+
+
+def _config(tmp_path: Path, **sections) -> Path:
+    run = tmp_path / "run"
+    raw = {
+        "out": str(run),
+        "seed": 0,
+        "gen": {"corpus": "builtin", "teacher": "original", "num_docs": 40},
+        "model": {"path": str(run / "base-model"), "tiny": True},
+        "data": {"cutoff_len": 128},
+        "optim": {"lr": 1e-3, "warmup_ratio": 0.0},
+        "trainer": {
+            "strategy": "auto",
+            "precision": "32-true",
+            "max_steps": 6,
+            "val_check_interval": 3,
+            "log_every_n_steps": 1,
+        },
+        "sample": {"prompts": ["Explain a list.", "Write a poem."], "max_new_tokens": 6},
+    }
+    for name, value in sections.items():
+        raw[name] = value
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _wait_for(predicate, proc, timeout=180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return predicate()
+        time.sleep(0.05)
+    return False
+
+
+def _gen_done(run: Path) -> bool:
+    state = run / "run_state.json"
+    try:
+        return "gen" in json.loads(state.read_text())["stages"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
+def test_killed_after_gen_resumes_without_redoing_it_and_reports(tmp_path):
+    cfg_path = _config(tmp_path)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nif_lightning.cli", "run", str(cfg_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+    )
+    try:
+        assert _wait_for(lambda: _gen_done(run), proc), "gen stage never finished"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    shards = sorted((run / "data" / "shards").glob("*.arrow"))
+    assert shards
+    before = {p: p.stat().st_mtime_ns for p in shards}
+
+    logs: list[str] = []
+    report = run_pipeline(load_run_config(cfg_path), log=logs.append)
+
+    assert "[nif run] gen: already complete, skipped" in logs
+    assert {p: p.stat().st_mtime_ns for p in shards} == before  # gen did not run again
+    assert sorted((run / "data" / "shards").glob("*.arrow")) == shards
+    assert report["data"]["done"] == 40
+    training = report["training"]
+    assert training["last_step"] >= 5 and training["logged_steps"] >= 5
+    assert training["train_loss_end"] < training["train_loss_start"]
+    assert "val_loss_last" in training and training["tokens_per_s_median"] > 0
+    assert [s["prompt"] for s in report["samples"]] == ["Explain a list.", "Write a poem."]
+    for name in ("report.md", "report.json", "loss.png", "samples.json"):
+        assert (run / name).is_file(), name
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run / "merged" / "config.json").is_file()
+    md = (run / "report.md").read_text()
+    assert "| done | 40 |" in md and "train_loss_end" in md
+
+    # Finished: a re-run skips every stage; a changed training config is refused, naming it.
+    logs.clear()
+    run_pipeline(load_run_config(cfg_path), log=logs.append)
+    assert [line for line in logs if "skipped" in line] == [
+        f"[nif run] {stage}: already complete, skipped" for stage in ("gen", "train", "sample")
+    ]
+    changed = _config(tmp_path, trainer={"strategy": "auto", "max_steps": 9})
+    with pytest.raises(ValueError, match=r"stage `train`.*trainer\.max_steps"):
+        run_pipeline(load_run_config(changed), log=logs.append)
+
+
+@pytest.mark.parametrize(
+    "section, value, bad_key",
+    [
+        ("gen", {"corpus": "builtin", "num_dcos": 5}, "gen.num_dcos"),
+        ("lora", {"rank": 8}, "lora.rank"),
+        ("sample", {"prompt": ["x"]}, "sample.prompt"),
+        ("bogus", {}, "bogus"),
+    ],
+)
+def test_invalid_config_fails_before_any_stage_naming_the_key(tmp_path, section, value, bad_key):
+    from nif_lightning.cli import main
+
+    cfg_path = _config(tmp_path, **{section: value})
+    with pytest.raises(ValueError, match=bad_key.replace(".", r"\.")):
+        load_run_config(cfg_path)
+    assert main(["run", str(cfg_path)]) == 2
+    assert not (tmp_path / "run").exists()  # nothing ran
+
+
+def test_data_dir_must_be_what_the_run_writes(tmp_path):
+    cfg_path = _config(tmp_path, data={"dir": str(tmp_path / "elsewhere")})
+    with pytest.raises(ValueError, match="data.dir"):
+        load_run_config(cfg_path)
