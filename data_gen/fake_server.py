@@ -10,13 +10,21 @@ Faults, all optional and combinable:
                                  turn from `faults`: 429 (with retry-after-ms), 500, 503, 529
                                  (Anthropic overloaded), drop (connection closed mid-request),
                                  slow (reply after `slow_seconds`, past the client's timeout),
-                                 malformed
-                                 (200 with a broken JSON body); and the non-retryable 400
-                                 (context too long) and 401 (rejected key)
+                                 malformed (200 with a broken JSON body); and the other outcomes
+                                 below
+    schedule=[...]               the outcome of the i-th request received (None = a normal
+                                 reply), e.g. ["429s", None, "spend"]; after the list, normal
     fault_rate=p                 each request also fails with probability p (seeded)
     length_every=N               every N-th prompt (by hash) ends with finish_reason `length`
     spend_limit_after=N          after N successful replies every request is a spend-limit 429
     headers_remaining=True       send OpenAI rate-limit headers
+    reply_headers={...} or f(i)  extra headers on the i-th successful reply (rate-limit tests)
+
+Outcomes beyond FAULTS: 429s (retry-after in whole seconds), length (finish_reason `length`),
+spend (the provider's spend-limit 429), 400 (context too long), 401 (rejected key).
+What happened is counted: `requests`, `by_route` (chat / completions / anthropic), `injected`
+(outcome -> count), `successes` (prompt hash -> replies), `arrivals` (monotonic times) and the
+last request bodies and headers (`bodies`, `headers_seen`), for tests to assert on.
 
 Run it in-process (a background thread with its own event loop, so the code under test can call
 `asyncio.run` itself):
@@ -37,12 +45,16 @@ import contextlib
 import hashlib
 import random
 import threading
-from collections import Counter
-from collections.abc import Callable
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 FAULTS = ("429", "500", "503", "529", "drop", "slow", "malformed")  # a client retries these
 FATAL_FAULTS = ("400", "401")  # context too long; rejected key
+OTHER_OUTCOMES = ("429s", "length", "spend")  # retry-after seconds; finish length; spend limit
+OUTCOMES = FAULTS + FATAL_FAULTS + OTHER_OUTCOMES
+_KEEP_BODIES = 256  # the last request bodies kept for assertions (a benchmark sends 100k)
 
 
 def reply_for(prompt: str, words: int = 12) -> str:
@@ -63,6 +75,10 @@ class FakeTeacherServer:
     slow_seconds: float = 5.0
     headers_remaining: bool = False
     reply_fn: Callable[[str], str] | None = None
+    schedule: Sequence[str | None] = ()
+    reply_headers: dict[str, str] | Callable[[int], dict[str, str]] | None = None
+    retry_after_ms: int = 20
+    retry_after_s: int = 1
     seed: int = 0
     host: str = "127.0.0.1"
     port: int = 0
@@ -70,13 +86,22 @@ class FakeTeacherServer:
     requests: int = 0
     successes: Counter = field(default_factory=Counter)  # prompt hash -> replies sent
     injected: Counter = field(default_factory=Counter)  # fault kind -> count
+    by_route: Counter = field(default_factory=Counter)  # chat / completions / anthropic -> count
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() per request
 
     def __post_init__(self) -> None:
-        bad = sorted(set(self.faults) - set(FAULTS) - set(FATAL_FAULTS))
+        bad = sorted((set(self.faults) | set(self.schedule)) - set(OUTCOMES) - {None})
         if bad:
-            raise ValueError(f"unknown fault kind(s) {bad}; known: {FAULTS + FATAL_FAULTS}")
+            raise ValueError(f"unknown fault kind(s) {bad}; known: {OUTCOMES}")
+        if not 0 <= self.fault_rate <= 1:
+            raise ValueError(f"`--fault-rate` must be in [0, 1], got {self.fault_rate}")
+        if self.latency < 0:
+            raise ValueError(f"`--latency` must be >= 0, got {self.latency}")
+        self.bodies: deque[dict] = deque(maxlen=_KEEP_BODIES)
+        self.headers_seen: deque[dict[str, str]] = deque(maxlen=_KEEP_BODIES)
         self.auth_seen: set[str | None] = set()
         self._seen: Counter = Counter()
+        self._replies = 0  # successful replies sent
         self._next_fault = 0
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
@@ -99,37 +124,54 @@ class FakeTeacherServer:
         from aiohttp import web
 
         async def handler(request):
-            body = await request.json()
-            prompt = _prompt_of(fmt, body)
+            arrived = time.monotonic()
+            try:
+                body = await request.json()
+                prompt = _prompt_of(fmt, body)
+            except (ValueError, KeyError, IndexError, TypeError):
+                return _error(fmt, 400, "invalid_request_error", "malformed request body")
+            if fmt == "anthropic" and "anthropic-version" not in request.headers:
+                return _error(fmt, 400, "invalid_request_error", "anthropic-version header missing")
             self.auth_seen.add(
                 request.headers.get("Authorization") or request.headers.get("x-api-key")
             )
             key = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
             with self._lock:
+                index = self.requests
                 self.requests += 1
+                self.by_route[fmt] += 1
+                self.arrivals.append(arrived)
+                self.bodies.append(body)
+                self.headers_seen.append(dict(request.headers))
                 n = self._seen[key]
                 self._seen[key] += 1
                 fault = None
-                if n < self.fail_first and self.faults:
+                if index < len(self.schedule):
+                    fault = self.schedule[index]
+                elif n < self.fail_first and self.faults:
                     # Cycle through the kinds across requests: every kind gets its turn.
                     fault = self.faults[self._next_fault % len(self.faults)]
                     self._next_fault += 1
                 elif self.fault_rate and self._rng.random() < self.fault_rate:
                     fault = self._rng.choice(self.faults)
                 spent = (
-                    self.spend_limit_after is not None
-                    and sum(self.successes.values()) >= self.spend_limit_after
+                    self.spend_limit_after is not None and self._replies >= self.spend_limit_after
                 )
             if self.latency:
                 await asyncio.sleep(self.latency)
             if spent:
-                return _error(fmt, 429, "insufficient_quota", "You exceeded your current quota")
-            if fault is not None:
+                return _spend_limit(fmt)
+            if fault is not None and fault != "length":
                 self.injected[fault] += 1
                 return await self._fault(fault, fmt, request)
             text = self.reply_fn(prompt) if self.reply_fn else reply_for(prompt)
             length = self.length_every and int(key[8:16], 16) % self.length_every == 0
+            if fault == "length":
+                self.injected["length"] += 1
+                length = True
             with self._lock:
+                success_index = self._replies
+                self._replies += 1
                 self.successes[key] += 1
             headers = {}
             if self.headers_remaining:
@@ -137,6 +179,9 @@ class FakeTeacherServer:
                     "x-ratelimit-remaining-requests": "100",
                     "x-ratelimit-reset-requests": "1s",
                 }
+            if self.reply_headers is not None:
+                extra = self.reply_headers
+                headers.update(extra(success_index) if callable(extra) else extra)
             return web.json_response(
                 _answer(fmt, body, text, "length" if length else "stop", prompt), headers=headers
             )
@@ -147,7 +192,13 @@ class FakeTeacherServer:
         from aiohttp import web
 
         if fault == "429":
-            return _error(fmt, 429, "rate_limit_error", "slow down", {"retry-after-ms": "20"})
+            headers = {"retry-after-ms": str(self.retry_after_ms)}
+            return _error(fmt, 429, "rate_limit_error", "slow down", headers)
+        if fault == "429s":
+            headers = {"retry-after": str(self.retry_after_s)}
+            return _error(fmt, 429, "rate_limit_error", "slow down", headers)
+        if fault == "spend":
+            return _spend_limit(fmt)
         if fault in ("500", "503"):
             return _error(fmt, int(fault), "server_error", "try again")
         if fault == "400":
@@ -208,6 +259,14 @@ class FakeTeacherServer:
         if self._thread is not None:
             self._thread.join(10)
 
+    # In the caller's own event loop: `async with FakeTeacherServer() as server:`.
+    async def __aenter__(self) -> FakeTeacherServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
 
 def _prompt_of(fmt: str, body: dict) -> str:
     if fmt == "completions":
@@ -240,6 +299,14 @@ def _answer(fmt: str, body: dict, text: str, finish: str, prompt: str) -> dict:
     }
 
 
+def _spend_limit(fmt: str):
+    """The providers' answers when the money is gone (never worth a retry)."""
+    if fmt == "anthropic":
+        message = "You have reached your specified API usage limits (spend limit)."
+        return _error(fmt, 429, "rate_limit_error", message)
+    return _error(fmt, 429, "insufficient_quota", "You exceeded your current quota")
+
+
 def _error(fmt: str, status: int, kind: str, message: str, headers: dict | None = None):
     from aiohttp import web
 
@@ -259,6 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated kinds")
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--slow-seconds", type=float, default=5.0)
+    parser.add_argument("--length-every", type=int, default=0, help="every N-th prompt: length")
+    parser.add_argument("--spend-limit-after", type=int, default=None, help="replies, then 429")
+    parser.add_argument("--retry-after-ms", type=int, default=20, help="of the 429 fault")
+    parser.add_argument("--seed", type=int, default=0, help="of --fault-rate")
     args = parser.parse_args(argv)
     server = FakeTeacherServer(
         latency=args.latency,
@@ -266,6 +337,10 @@ def main(argv: list[str] | None = None) -> None:
         faults=tuple(f for f in args.faults.split(",") if f),
         fault_rate=args.fault_rate,
         slow_seconds=args.slow_seconds,
+        length_every=args.length_every,
+        spend_limit_after=args.spend_limit_after,
+        retry_after_ms=args.retry_after_ms,
+        seed=args.seed,
         host=args.host,
         port=args.port,
     )

@@ -3,36 +3,53 @@
 One interface, `await teacher.complete(prompt, reference=...) -> Completion`, over:
 
     original            no teacher: the true continuation (the paper's OpenWebText baseline)
-    openai              /v1/chat/completions (OpenAI, or any compatible server via --base-url)
+    openai              /v1/chat/completions (OpenAI, or any compatible server via --base-url);
+                        the first half is the user message, with no instruction
     openai-completions  /v1/completions, raw text in and out (base-model servers such as vLLM)
     anthropic           /v1/messages, with the paper's system prompt by default
-    hf                  a local transformers model, batched greedy generation
+    hf                  a local transformers model, batched greedy generation (`hf_teacher.py`)
 
-The HTTP teachers own the robustness (DESIGN.md, "Teacher APIs"): bounded retries with
-exponential backoff and full jitter; `retry-after-ms` / `retry-after` honoured; an RPM/TPM limiter
-that also pauses when the rate-limit headers say the window is used up; 529 overloaded backs off;
-malformed bodies, dropped connections and timeouts are retried; a spend-limit or bad-key answer
-raises `RunStopped` (retrying cannot help, and every other request would fail the same way);
-any other 4xx fails just that document (`RequestFailed`). A `length` continuation is a valid
-answer and is returned with its finish reason, never retried. Several `--base-url`s spread the
-requests round-robin over a fleet, and a retry goes to the next server.
+The HTTP teachers own the robustness (DESIGN.md, "Teacher APIs"); the policy is in `retry.py`
+and the RPM/TPM limiter in `ratelimit.py`. In short: bounded retries with exponential backoff and
+full jitter on 408/409/429/5xx/529, dropped connections, timeouts and malformed bodies; the
+server's `retry-after-ms` / `retry-after` wins; rate-limit headers and 429/529 pause every worker;
+a spend-limit or rejected-key answer raises `RunStopped` at once (every other request would fail
+the same way); any other 4xx fails just that document (`RequestFailed`). A `length` continuation
+is a valid answer, returned with its finish reason, never retried.
 
-API keys are read from the environment variable named by `--api-key-env`; the key's value is
-never logged, written or put into an error message.
+Several `--base-url`s form a fleet: each request goes to the server with the fewest requests in
+flight (ties in turn), a retry prefers another server, and a server that refuses connections is
+left alone for a while, so one dead vLLM box costs a few retries, not the run.
+
+API keys are read once, when the teacher is made, from the environment variable named by
+`--api-key-env`; the value is never logged, never put in an error message (APIs echo key prefixes
+back: those are masked too) and never in `public_dict()` or a repr.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import email.utils
 import json
+import logging
 import os
-import random
-import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+
+from data_gen.ratelimit import RateLimiter
+from data_gen.retry import (
+    AUTH_STATUS,
+    backoff_delay,
+    error_message,
+    is_retryable,
+    is_spend_limit,
+    redact,
+    retry_after_seconds,
+)
+
+log = logging.getLogger(__name__)
 
 KINDS = ("original", "openai", "openai-completions", "anthropic", "hf")
 
@@ -40,6 +57,7 @@ KINDS = ("original", "openai", "openai-completions", "anthropic", "hf")
 PAPER_SYSTEM_PROMPT = (
     "Please continue directly from the end of the given sentence without repeating it"
 )
+ANTHROPIC_VERSION = "2023-06-01"
 
 _DEFAULT_URL = {
     "openai": "https://api.openai.com/v1",
@@ -51,11 +69,8 @@ _DEFAULT_KEY_ENV = {
     "openai-completions": "OPENAI_API_KEY",
     "anthropic": "ANTHROPIC_API_KEY",
 }
-_RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
-_SPEND_LIMIT = re.compile(
-    r"insufficient_quota|exceeded your current quota|spend(ing)? limit|credit balance|billing",
-    re.IGNORECASE,
-)
+# A server that refused a connection is skipped this long (doubling per refusal, capped).
+_DOWN_S, _MAX_DOWN_S = 1.0, 30.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +99,7 @@ class SpendLimitReached(RunStopped):
 
 
 class AuthFailed(RunStopped):
-    """The API rejected the key (401/403)."""
+    """The API rejected the key (401/403); the message names the variable to fix."""
 
 
 @dataclass
@@ -104,13 +119,13 @@ class TeacherConfig:
     max_tokens: int = 1024
     """Continuation length cap (`--max-tokens`)."""
     system_prompt: str | None = None
-    """System prompt; `anthropic` defaults to the paper's (`--system-prompt`)."""
+    """System prompt; `anthropic` defaults to the paper's, "" for none (`--system-prompt`)."""
     concurrency: int = 16
     """Requests in flight; the batch size for `hf` (`--concurrency`)."""
     rpm: float | None = None
     """Requests-per-minute budget (`--rpm`)."""
     tpm: float | None = None
-    """Tokens-per-minute budget, prompt + max_tokens estimated per request (`--tpm`)."""
+    """Tokens-per-minute budget; prompt chars / 4 + max_tokens charged up front (`--tpm`)."""
     max_retries: int = 6
     """Retries per document before it goes to failures.jsonl (`--max-retries`)."""
     timeout: float = 120.0
@@ -122,13 +137,19 @@ class TeacherConfig:
         self.base_urls = tuple(self.base_urls)
         if self.kind not in KINDS:
             raise ValueError(f"`--teacher` must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.kind not in ("original",) and not self.model:
+        if self.kind != "original" and not self.model:
             raise ValueError(f"`--teacher {self.kind}` needs `--model`")
         if self.kind in ("original", "hf") and self.base_urls:
             raise ValueError(f"`--base-url` does not apply to `--teacher {self.kind}`")
+        if self.kind in ("openai-completions", "hf") and self.system_prompt:
+            raise ValueError(
+                f"`--system-prompt` does not apply to `--teacher {self.kind}` (raw text in and out)"
+            )
         for url in self.base_urls:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"`--base-url` must start with http:// or https://, got {url!r}")
+        if len(set(self.base_urls)) != len(self.base_urls):
+            raise ValueError("`--base-url` lists the same server twice")
         checks = [
             (self.temperature >= 0, "`--temperature` must be >= 0"),
             (self.max_tokens >= 1, "`--max-tokens` must be >= 1"),
@@ -152,6 +173,11 @@ class TeacherConfig:
         return self.base_urls or ((_DEFAULT_URL[self.kind],) if self.kind in _DEFAULT_URL else ())
 
     @property
+    def key_env(self) -> str | None:
+        """The NAME of the variable the key is read from (never its value)."""
+        return self.api_key_env or _DEFAULT_KEY_ENV.get(self.kind)
+
+    @property
     def effective_system_prompt(self) -> str | None:
         if self.system_prompt is not None:
             return self.system_prompt or None  # "" switches the default off
@@ -159,15 +185,15 @@ class TeacherConfig:
 
     def api_key(self) -> str | None:
         """The key's value, read now from the environment (never stored in the config)."""
-        name = self.api_key_env or _DEFAULT_KEY_ENV.get(self.kind)
+        name = self.key_env
         key = os.environ.get(name) if name else None
-        if key is None and self.kind in _DEFAULT_URL and not self.base_urls:
+        if not key and self.kind in _DEFAULT_URL and not self.base_urls:
             # The public APIs need a key; local servers (vLLM, Ollama) usually do not.
             raise ValueError(
                 f"`--teacher {self.kind}` on its public API needs a key in ${name} "
                 "(or name another variable with `--api-key-env`)"
             )
-        return key
+        return key or None
 
     def public_dict(self) -> dict[str, Any]:
         """For manifest.json: every setting, the key variable's *name* only, never a value."""
@@ -184,14 +210,17 @@ class Teacher:
     def __init__(self, cfg: TeacherConfig) -> None:
         self.cfg = cfg
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
     async def __aenter__(self) -> Teacher:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: Any) -> None:
         return None
 
     async def complete(self, prompt: str, *, reference: str | None = None) -> Completion:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement complete()")
 
 
 class OriginalTeacher(Teacher):
@@ -205,119 +234,64 @@ class OriginalTeacher(Teacher):
         return Completion(reference, "original", 0, 0)
 
 
-class RateLimiter:
-    """Token buckets for requests and tokens per minute, plus a shared pause that the rate-limit
-    headers and 429s set, so all workers back off together instead of hammering a closed window."""
+class _Fleet:
+    """The base URLs of one teacher: least-in-flight choice, and a cool-down for dead servers."""
 
-    def __init__(self, rpm: float | None, tpm: float | None) -> None:
-        self.rpm, self.tpm = rpm, tpm
-        # Buckets hold one second of budget: a steady rate, not a minute's worth in one burst
-        # (the APIs enforce their per-minute limits over shorter windows).
-        self._request_cap = max(1.0, rpm / 60) if rpm else 0.0
-        self._token_cap = tpm / 60 if tpm else 0.0
-        self._requests = self._request_cap
-        self._tokens = self._token_cap
-        self._updated = time.monotonic()
-        self._paused_until = 0.0
-        self._lock = asyncio.Lock()
+    def __init__(self, urls: tuple[str, ...], clock=time.monotonic) -> None:
+        self.urls = [u.rstrip("/") for u in urls]
+        self.in_flight = [0] * len(urls)
+        self.sent = [0] * len(urls)
+        self._down_until = [0.0] * len(urls)
+        self._refusals = [0] * len(urls)
+        self._turn = 0
+        self._clock = clock
 
-    def pause(self, seconds: float) -> None:
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+    def pick(self, avoid: int | None = None) -> int:
+        now, n = self._clock(), len(self.urls)
+        up = [i for i in range(n) if self._down_until[i] <= now] or list(range(n))
+        if avoid is not None and len(up) > 1:
+            up = [i for i in up if i != avoid]  # a retry tries another server
+        self._turn += 1
+        turn = self._turn
+        return min(up, key=lambda i: (self.in_flight[i], (i - turn) % n))
 
-    async def acquire(self, tokens: int) -> None:
-        async with self._lock:  # one waiter at a time keeps the order fair
-            while True:
-                now = time.monotonic()
-                if now < self._paused_until:
-                    await asyncio.sleep(self._paused_until - now)
-                    continue
-                elapsed, self._updated = now - self._updated, now
-                if self.rpm:
-                    self._requests = min(
-                        self._request_cap, self._requests + elapsed * self.rpm / 60
-                    )
-                need_tokens = 0.0
-                if self.tpm:
-                    # A request bigger than a second's budget waits for a full bucket, then goes.
-                    need_tokens = min(tokens, max(self._token_cap, 1.0))
-                    cap = max(self._token_cap, need_tokens)
-                    self._tokens = min(cap, self._tokens + elapsed * self.tpm / 60)
-                wait = 0.0
-                if self.rpm and self._requests < 1:
-                    wait = (1 - self._requests) * 60 / self.rpm
-                if self.tpm and self._tokens < need_tokens:
-                    wait = max(wait, (need_tokens - self._tokens) * 60 / self.tpm)
-                if wait <= 0:
-                    self._requests -= 1 if self.rpm else 0
-                    self._tokens -= need_tokens
-                    return
-                await asyncio.sleep(wait)
+    def refused(self, i: int) -> None:
+        self._refusals[i] += 1
+        cool = min(_MAX_DOWN_S, _DOWN_S * 2.0 ** (self._refusals[i] - 1))
+        self._down_until[i] = self._clock() + cool
 
-
-def retry_after_seconds(headers) -> float | None:
-    """`retry-after-ms`, then `retry-after` (seconds or an HTTP date), as the APIs send them."""
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-
-
-def parse_reset(value: str) -> float | None:
-    """OpenAI's reset durations ("6m0s", "1.5s", "20ms") or Anthropic's RFC 3339 times."""
-    parts = _DURATION.findall(value)
-    if parts and "".join(n + u for n, u in parts) == value.strip():
-        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-        return sum(float(n) * scale[u] for n, u in parts)
-    try:
-        from datetime import datetime
-
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return max(0.0, when.timestamp() - time.time())
-    except ValueError:
-        return None
+    def answered(self, i: int) -> None:
+        self._refusals[i] = 0
+        self._down_until[i] = 0.0
 
 
 class _HttpTeacher(Teacher):
-    """Shared retry/limit/fleet logic; subclasses build the payload and parse the answer."""
+    """Shared retry / limit / fleet logic; subclasses build the payload and parse the answer."""
 
     path = ""
 
     def __init__(self, cfg: TeacherConfig) -> None:
         super().__init__(cfg)
         self.name = f"{cfg.kind}:{cfg.model}"
-        self._key = cfg.api_key()
-        self._limiter = RateLimiter(cfg.rpm, cfg.tpm)
-        self._next_url = 0
+        self._key = cfg.api_key()  # read once, at the start of the session
+        self.limiter = RateLimiter(cfg.rpm, cfg.tpm)
+        self.fleet = _Fleet(cfg.urls)
+        self.stats: Counter = Counter()  # attempts, retries, and what caused them
         self._session = None
 
     async def __aenter__(self) -> _HttpTeacher:
         import aiohttp
 
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.cfg.concurrency + 4)
+            connector=aiohttp.TCPConnector(limit=self.cfg.concurrency + 4),
+            timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
         )
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: Any) -> None:
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._key}"} if self._key else {}
@@ -328,77 +302,86 @@ class _HttpTeacher(Teacher):
     def _parse(self, body: dict[str, Any]) -> Completion:
         raise NotImplementedError
 
-    def _follow_headers(self, headers) -> None:
-        """Pause everyone when a rate-limit window is exhausted, until it resets."""
-        for kind in ("requests", "tokens"):
-            for remaining, reset in (
-                (f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}"),
-                (f"anthropic-ratelimit-{kind}-remaining", f"anthropic-ratelimit-{kind}-reset"),
-            ):
-                left = headers.get(remaining)
-                if left is not None and left.strip() in ("0", "0.0") and headers.get(reset):
-                    seconds = parse_reset(headers[reset])
-                    if seconds:
-                        self._limiter.pause(seconds)
-
-    def _backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(60.0, self.cfg.backoff * 2**attempt))
-
     async def complete(self, prompt: str, *, reference: str | None = None) -> Completion:
         import aiohttp
 
+        if self._session is None:
+            raise RuntimeError(f"use the {self.cfg.kind} teacher inside `async with`")
         cfg = self.cfg
         payload = self._payload(prompt)
         estimate = len(prompt) // 4 + cfg.max_tokens  # what TPM limits charge up front
-        timeout = aiohttp.ClientTimeout(total=cfg.timeout)
-        reason = "no attempt made"
+        reason, server = "no attempt made", None
         for attempt in range(cfg.max_retries + 1):
-            url = cfg.urls[self._next_url % len(cfg.urls)].rstrip("/") + self.path
-            self._next_url += 1
-            await self._limiter.acquire(estimate)
-            delay = self._backoff(attempt)
+            charged = await self.limiter.acquire(estimate)
+            server = self.fleet.pick(avoid=server)
+            url = self.fleet.urls[server] + self.path
+            delay = backoff_delay(attempt, cfg.backoff)
+            self.stats["attempts"] += 1
+            self.fleet.in_flight[server] += 1
+            self.fleet.sent[server] += 1
             try:
-                async with self._session.post(
-                    url, json=payload, headers=self._headers(), timeout=timeout
-                ) as resp:
-                    text = await resp.text()
-                    self._follow_headers(resp.headers)
-                    if resp.status == 200:
-                        try:
-                            return self._parse(json.loads(text))
-                        except (ValueError, KeyError, TypeError, IndexError):
-                            reason = "malformed response body"
+                async with self._session.post(url, json=payload, headers=self._headers()) as r:
+                    text = await r.text()
+                    self.limiter.observe(r.headers)
+                    status, headers = r.status, r.headers
+                self.fleet.answered(server)
+                if status == 200:
+                    try:
+                        done = self._parse(json.loads(text))
+                    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                        reason = "malformed response body"
                     else:
-                        reason = f"HTTP {resp.status}: {_error_message(text)}"
-                        if resp.status in (400, 402, 403, 429) and _SPEND_LIMIT.search(text):
-                            raise SpendLimitReached(reason)
-                        if resp.status in (401, 403):
-                            raise AuthFailed(f"{reason} (check the key's environment variable)")
-                        if resp.status not in _RETRY_STATUS:
-                            raise RequestFailed(reason)
-                        after = retry_after_seconds(resp.headers)
-                        if after is not None:
-                            delay = after
-                        if resp.status in (429, 529):  # the whole account is limited
-                            self._limiter.pause(delay)
+                        self.limiter.settle(charged, done.prompt_tokens + done.completion_tokens)
+                        return done
+                else:
+                    reason = self._fail_or_reason(status, text)
+                    after = retry_after_seconds(headers)
+                    if after is not None:
+                        delay = after
+                    if status in (429, 529):  # the whole account is limited: everyone waits
+                        self.limiter.pause(delay)
+            except aiohttp.ClientConnectorError as err:
+                self.fleet.refused(server)
+                reason = f"cannot connect to {self.fleet.urls[server]} ({type(err).__name__})"
             except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                reason = type(err).__name__ + (f": {err}" if str(err) else "")
+                reason = redact(reason, self._key)
+            finally:
+                self.fleet.in_flight[server] -= 1
+            self.stats[reason.split(":")[0]] += 1
             if attempt < cfg.max_retries:
+                self.stats["retries"] += 1
+                log.info(
+                    "%s: retry %d/%d in %.2fs after %s",
+                    self.name,
+                    attempt + 1,
+                    cfg.max_retries,
+                    delay,
+                    reason,
+                )
                 await asyncio.sleep(delay)
         raise RequestFailed(f"gave up after {cfg.max_retries + 1} attempts; last: {reason}")
 
-
-def _error_message(text: str) -> str:
-    """The API's own error message, short; the raw body when it is not the usual JSON."""
-    try:
-        err = json.loads(text).get("error")
-        message = err.get("message") if isinstance(err, dict) else err
-    except (ValueError, AttributeError):
-        message = None
-    return str(message or text or "(empty body)").strip()[:200]
+    def _fail_or_reason(self, status: int, body: str) -> str:
+        """Raise for answers retrying cannot fix; else the reason to log and maybe report."""
+        reason = f"HTTP {status}: {error_message(body, secret=self._key)}"
+        if is_spend_limit(status, body):
+            raise SpendLimitReached(reason)
+        if status in AUTH_STATUS:
+            hint = (
+                f"check the key in ${self.cfg.key_env}"
+                if self._key
+                else f"no key was sent: set ${self.cfg.key_env} or name one with --api-key-env"
+            )
+            raise AuthFailed(f"{reason} ({hint})")
+        if not is_retryable(status):
+            raise RequestFailed(reason)
+        return reason
 
 
 class OpenAIChatTeacher(_HttpTeacher):
+    """/v1/chat/completions: the first half is the user message, with no instruction."""
+
     path = "/chat/completions"
 
     def _payload(self, prompt: str) -> dict[str, Any]:
@@ -417,7 +400,7 @@ class OpenAIChatTeacher(_HttpTeacher):
         choice = body["choices"][0]
         usage = body.get("usage") or {}
         return Completion(
-            str(choice["message"]["content"] or ""),
+            str(choice["message"].get("content") or ""),
             str(choice.get("finish_reason") or "unknown"),
             int(usage.get("prompt_tokens") or 0),
             int(usage.get("completion_tokens") or 0),
@@ -425,6 +408,8 @@ class OpenAIChatTeacher(_HttpTeacher):
 
 
 class OpenAICompletionsTeacher(_HttpTeacher):
+    """/v1/completions: raw text in, raw text out (what a base model wants)."""
+
     path = "/completions"
 
     def _payload(self, prompt: str) -> dict[str, Any]:
@@ -447,17 +432,19 @@ class OpenAICompletionsTeacher(_HttpTeacher):
 
 
 class AnthropicTeacher(_HttpTeacher):
+    """/v1/messages with `x-api-key` and `anthropic-version`; stop reasons mapped to OpenAI's."""
+
     path = "/messages"
     _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 
     def _headers(self) -> dict[str, str]:
-        headers = {"anthropic-version": "2023-06-01"}
+        headers = {"anthropic-version": ANTHROPIC_VERSION}
         if self._key:
             headers["x-api-key"] = self._key
         return headers
 
     def _payload(self, prompt: str) -> dict[str, Any]:
-        payload = {
+        payload: dict[str, Any] = {
             "model": self.cfg.model,
             "max_tokens": self.cfg.max_tokens,
             "temperature": self.cfg.temperature,
@@ -469,6 +456,8 @@ class AnthropicTeacher(_HttpTeacher):
         return payload
 
     def _parse(self, body: dict[str, Any]) -> Completion:
+        if body.get("type") == "error":
+            raise ValueError("error body with status 200")
         text = "".join(b["text"] for b in body["content"] if b.get("type") == "text")
         usage = body.get("usage") or {}
         stop = str(body.get("stop_reason") or "unknown")
@@ -480,101 +469,16 @@ class AnthropicTeacher(_HttpTeacher):
         )
 
 
-class HFTeacher(Teacher):
-    """A local transformers model. Concurrent `complete()` calls are gathered into batches of up
-    to `--concurrency` prompts, left-padded, and generated in a worker thread (greedy at
-    temperature 0), so the event loop keeps writing shards meanwhile."""
-
-    def __init__(self, cfg: TeacherConfig) -> None:
-        super().__init__(cfg)
-        self.name = f"hf:{cfg.model}"
-        self._queue: asyncio.Queue | None = None
-        self._worker: asyncio.Task | None = None
-
-    async def __aenter__(self) -> HFTeacher:
-        self._model, self._tok = await asyncio.to_thread(self._load)
-        self._queue = asyncio.Queue()
-        self._worker = asyncio.create_task(self._run_batches())
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-
-    def _load(self):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(self.cfg.model)
-        tok.padding_side = "left"  # generation appends on the right
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
-        dtype = torch.float16 if torch.cuda.is_available() else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(self.cfg.model, dtype=dtype)
-        model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-        return model, tok
-
-    async def complete(self, prompt: str, *, reference: str | None = None) -> Completion:
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put((prompt, future))
-        return await future
-
-    async def _run_batches(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            await asyncio.sleep(0.01)  # let the other workers' prompts arrive
-            while len(batch) < self.cfg.concurrency and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                results = await asyncio.to_thread(self._generate, [p for p, _ in batch])
-            except Exception as err:  # noqa: BLE001 - reported per document
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(RequestFailed(f"generation failed: {err}"))
-                continue
-            for (_, fut), result in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(result)
-
-    def _generate(self, prompts: list[str]) -> list[Completion]:
-        import torch
-
-        tok, model = self._tok, self._model
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(model.device)
-        sampling = self.cfg.temperature > 0
-        with torch.no_grad():
-            out = model.generate(
-                **enc,
-                max_new_tokens=self.cfg.max_tokens,
-                do_sample=sampling,
-                temperature=self.cfg.temperature if sampling else None,
-                pad_token_id=tok.pad_token_id,
-            )
-        new = out[:, enc.input_ids.shape[1] :].tolist()
-        results = []
-        for row, mask in zip(new, enc.attention_mask.tolist(), strict=True):
-            stopped = tok.eos_token_id in row
-            ids = row[: row.index(tok.eos_token_id)] if stopped else row
-            results.append(
-                Completion(
-                    tok.decode(ids, skip_special_tokens=True),
-                    "stop" if stopped else "length",
-                    int(sum(mask)),
-                    len(ids),
-                )
-            )
-        return results
-
-
-_TEACHERS = {
-    "original": OriginalTeacher,
-    "openai": OpenAIChatTeacher,
-    "openai-completions": OpenAICompletionsTeacher,
-    "anthropic": AnthropicTeacher,
-    "hf": HFTeacher,
-}
-
-
 def make_teacher(cfg: TeacherConfig) -> Teacher:
-    return _TEACHERS[cfg.kind](cfg)
+    """The teacher `cfg` describes; use it as `async with make_teacher(cfg) as teacher:`."""
+    if cfg.kind == "hf":
+        from data_gen.hf_teacher import HFTeacher  # imports torch only when asked for
+
+        return HFTeacher(cfg)
+    teachers = {
+        "original": OriginalTeacher,
+        "openai": OpenAIChatTeacher,
+        "openai-completions": OpenAICompletionsTeacher,
+        "anthropic": AnthropicTeacher,
+    }
+    return teachers[cfg.kind](cfg)
