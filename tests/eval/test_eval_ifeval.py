@@ -1,0 +1,181 @@
+"""IFEval checks: every checker passes on a response that follows it and fails on one that
+does not; scoring from a local IFEval-format file gives IFEval's four accuracies."""
+
+import json
+
+import pytest
+
+from nif_lightning.evaluation import ifeval
+from nif_lightning.evaluation.ifeval import CHECKERS, check_instruction, load_prompts, score
+
+# instruction id -> (kwargs, a response that follows it, one that does not)
+CASES = {
+    "punctuation:no_comma": ({}, "Gears trade speed for force.", "Gears, wheels and chains."),
+    "change_case:english_lowercase": ({}, "please water them daily.", "Please water them."),
+    "change_case:english_capital": ({}, "CAUTION: WET FLOOR", "CAUTION: Wet floor"),
+    "length_constraints:number_words": (
+        {"num_words": 5, "relation": "less than"},
+        "Bread dries out.",
+        "Bread loses water to the air over time.",
+    ),
+    "length_constraints:number_sentences": (
+        {"num_sentences": 3, "relation": "at least"},
+        "It rains. The fog rolls in. Boats wait.",
+        "It rains. Boats wait.",
+    ),
+    "length_constraints:number_paragraphs": (
+        {"num_paragraphs": 2},
+        "Maps began on clay.\n***\nPaper came later.",
+        "Maps began on clay. Paper came later.",
+    ),
+    "detectable_format:number_bullet_lists": (
+        {"num_bullets": 3},
+        "Tips:\n* feed it\n* keep it warm\n- stir daily",
+        "Tips:\n* feed it\n* keep it warm",
+    ),
+    "detectable_format:title": ({}, "<<The Keeper>>\nA lamp burns.", "The Keeper\nA lamp burns."),
+    "detectable_format:json_format": (
+        {},
+        '```json\n{"water": 100, "ethanol": 78.4}\n```',
+        "water: 100, ethanol: 78.4",
+    ),
+    "detectable_format:number_highlighted_sections": (
+        {"num_highlights": 2},
+        "A *grey sky* over a *quiet pier*.",
+        "A *grey sky* over a quiet pier.",
+    ),
+    "keywords:existence": (
+        {"keywords": ["dice", "strategy"]},
+        "Roll the Dice and plan your strategy.",
+        "Roll the dice and enjoy.",
+    ),
+    "keywords:forbidden_words": (
+        {"forbidden_words": ["boring", "cheap"]},
+        "A lively game for all ages.",
+        "Not boring at all.",
+    ),
+    "keywords:frequency": (
+        {"keyword": "fog", "frequency": 2, "relation": "at least"},
+        "Fog at dawn; more fog by noon.",
+        "Fog at dawn; rain by noon.",
+    ),
+    "startend:end_checker": (
+        {"end_phrase": "Any other questions?"},
+        "Maps matter. Any other questions?",
+        "Any other questions? Maps matter.",
+    ),
+    "startend:quotation": ({}, '"Come to the picnic!"', "Come to the picnic!"),
+    "detectable_content:postscript": (
+        {"postscript_marker": "P.S."},
+        "See you there.\nP.S. Bring a hat.",
+        "See you there. Bring a hat.",
+    ),
+}
+
+
+def test_every_checker_has_a_case():
+    assert set(CASES) == set(CHECKERS)
+
+
+@pytest.mark.parametrize("iid", sorted(CASES))
+def test_checker_passes_and_fails(iid):
+    kwargs, good, bad = CASES[iid]
+    assert check_instruction(iid, good, kwargs) is True
+    assert check_instruction(iid, bad, kwargs) is False
+    assert check_instruction(iid, "   ", kwargs) is False  # an empty answer follows nothing
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_score_from_local_file_strict_and_loose(tmp_path):
+    prompts = load_prompts(
+        _write(
+            tmp_path / "p.jsonl",
+            [
+                {
+                    "key": "a",
+                    "prompt": "No commas, all lowercase.",
+                    "instruction_id_list": [
+                        "punctuation:no_comma",
+                        "change_case:english_lowercase",
+                    ],
+                    "kwargs": [{}, {}],
+                },
+                {
+                    "key": "b",
+                    "prompt": "End with 'Bye now.'",
+                    "instruction_id_list": ["startend:end_checker"],
+                    "kwargs": [{"end_phrase": "Bye now."}],
+                },
+                {
+                    "key": "c",
+                    "prompt": "Answer in JSON.",
+                    "instruction_id_list": ["detectable_format:json_format"],
+                    "kwargs": [{}],
+                },
+            ],
+        )
+    )
+    responses = {
+        "a": "all good here",  # follows both
+        # follows only once the sign-off line is dropped: a loose pass, a strict fail
+        "b": "Here you go. Bye now.\nHope that helps!",
+        "c": "not json at all",  # fails both ways
+    }
+    got = score(prompts, responses)
+    assert got["prompts"] == 3 and got["instructions"] == 4
+    assert got["prompt_level_strict"] == pytest.approx(100 / 3, abs=0.01)
+    assert got["inst_level_strict"] == 50.0
+    assert got["prompt_level_loose"] == pytest.approx(200 / 3, abs=0.01)
+    assert got["inst_level_loose"] == 75.0
+    assert got["per_prompt"][1] == {"key": "b", "strict": [False], "loose": [True]}
+
+
+def test_shipped_prompt_file_loads():
+    from pathlib import Path
+
+    path = Path(ifeval.__file__).parent / "data" / "ifeval_prompts.jsonl"
+    prompts = load_prompts(path)
+    assert len(prompts) >= 10
+    used = {i for p in prompts for i in p.instruction_id_list}
+    assert used == set(CHECKERS)  # the shipped prompts exercise every checker
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (
+            {"key": "x", "prompt": "p", "instruction_id_list": ["made:up"], "kwargs": [{}]},
+            "made:up",
+        ),
+        (
+            {"key": "x", "prompt": "p", "instruction_id_list": [], "kwargs": [{}]},
+            "differ in length",
+        ),
+        (
+            {
+                "key": "x",
+                "prompt": "p",
+                "instruction_id_list": ["keywords:existence"],
+                "kwargs": [{}],
+            },
+            "needs kwargs ['keywords']",
+        ),
+        ({"key": "x", "prompt": "p", "kwargs": []}, "missing field 'instruction_id_list'"),
+    ],
+)
+def test_bad_prompt_file_refused_with_line(tmp_path, record, message):
+    path = _write(tmp_path / "bad.jsonl", [record])
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
+        load_prompts(path)
+    assert "bad.jsonl:1" in str(err.value)
+
+
+def test_missing_response_refused(tmp_path):
+    record = {"key": "k", "prompt": "p", "instruction_id_list": ["startend:quotation"]}
+    prompts = load_prompts(_write(tmp_path / "p.jsonl", [{**record, "kwargs": [{}]}]))
+    with pytest.raises(ValueError, match="no response for IFEval prompt key"):
+        score(prompts, {})
