@@ -278,6 +278,9 @@ class _HttpTeacher(Teacher):
         self.fleet = _Fleet(cfg.urls)
         self.stats: Counter = Counter()  # attempts, retries, and what caused them
         self._session = None
+        # At most `concurrency` requests in flight, however many callers wait: a server is
+        # picked only when a slot is free, so the choice sees the fleet as it is now.
+        self._slots = asyncio.Semaphore(cfg.concurrency)
 
     async def __aenter__(self) -> _HttpTeacher:
         import aiohttp
@@ -303,8 +306,6 @@ class _HttpTeacher(Teacher):
         raise NotImplementedError
 
     async def complete(self, prompt: str, *, reference: str | None = None) -> Completion:
-        import aiohttp
-
         if self._session is None:
             raise RuntimeError(f"use the {self.cfg.kind} teacher inside `async with`")
         cfg = self.cfg
@@ -312,43 +313,15 @@ class _HttpTeacher(Teacher):
         estimate = len(prompt) // 4 + cfg.max_tokens  # what TPM limits charge up front
         reason, server = "no attempt made", None
         for attempt in range(cfg.max_retries + 1):
-            charged = await self.limiter.acquire(estimate)
-            server = self.fleet.pick(avoid=server)
-            url = self.fleet.urls[server] + self.path
-            delay = backoff_delay(attempt, cfg.backoff)
-            self.stats["attempts"] += 1
-            self.fleet.in_flight[server] += 1
-            self.fleet.sent[server] += 1
-            try:
-                async with self._session.post(url, json=payload, headers=self._headers()) as r:
-                    text = await r.text()
-                    self.limiter.observe(r.headers)
-                    status, headers = r.status, r.headers
-                self.fleet.answered(server)
-                if status == 200:
-                    try:
-                        done = self._parse(json.loads(text))
-                    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-                        reason = "malformed response body"
-                    else:
-                        self.limiter.settle(charged, done.prompt_tokens + done.completion_tokens)
-                        return done
-                else:
-                    reason = self._fail_or_reason(status, text)
-                    after = retry_after_seconds(headers)
-                    if after is not None:
-                        delay = after
-                    if status in (429, 529):  # the whole account is limited: everyone waits
-                        self.limiter.pause(delay)
-            except aiohttp.ClientConnectorError as err:
-                self.fleet.refused(server)
-                reason = f"cannot connect to {self.fleet.urls[server]} ({type(err).__name__})"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                reason = type(err).__name__ + (f": {err}" if str(err) else "")
-                reason = redact(reason, self._key)
-            finally:
-                self.fleet.in_flight[server] -= 1
+            async with self._slots:
+                server = self.fleet.pick(avoid=server)
+                done, reason, wait, limited = await self._attempt(server, payload, estimate)
+            if done is not None:
+                return done
             self.stats[reason.split(":")[0]] += 1
+            delay = backoff_delay(attempt, cfg.backoff) if wait is None else wait
+            if limited:  # 429 / 529: the whole account is limited, so every worker waits
+                self.limiter.pause(delay)
             if attempt < cfg.max_retries:
                 self.stats["retries"] += 1
                 log.info(
@@ -361,6 +334,44 @@ class _HttpTeacher(Teacher):
                 )
                 await asyncio.sleep(delay)
         raise RequestFailed(f"gave up after {cfg.max_retries + 1} attempts; last: {reason}")
+
+    async def _attempt(
+        self, server: int, payload: dict[str, Any], estimate: int
+    ) -> tuple[Completion | None, str, float | None, bool]:
+        """One request: (answer, "", None, False), or (None, why it failed, the server's
+        retry-after or None, whether the account is rate limited). Raises for answers that
+        retrying cannot fix."""
+        import aiohttp
+
+        charged = await self.limiter.acquire(estimate)
+        url = self.fleet.urls[server] + self.path
+        self.stats["attempts"] += 1
+        self.fleet.in_flight[server] += 1
+        self.fleet.sent[server] += 1
+        try:
+            async with self._session.post(url, json=payload, headers=self._headers()) as r:
+                text = await r.text()
+                self.limiter.observe(r.headers)
+                status, headers = r.status, r.headers
+        except aiohttp.ClientConnectorError as err:
+            self.fleet.refused(server)
+            reason = f"cannot connect to {self.fleet.urls[server]} ({type(err).__name__})"
+            return None, reason, None, False
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            reason = type(err).__name__ + (f": {err}" if str(err) else "")
+            return None, redact(reason, self._key), None, False
+        finally:
+            self.fleet.in_flight[server] -= 1
+        self.fleet.answered(server)
+        if status == 200:
+            try:
+                done = self._parse(json.loads(text))
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                return None, "malformed response body", None, False
+            self.limiter.settle(charged, done.prompt_tokens + done.completion_tokens)
+            return done, "", None, False
+        reason = self._fail_or_reason(status, text)
+        return None, reason, retry_after_seconds(headers), status in (429, 529)
 
     def _fail_or_reason(self, status: int, body: str) -> str:
         """Raise for answers retrying cannot fix; else the reason to log and maybe report."""
