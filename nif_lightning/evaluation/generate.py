@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TEMPLATES = ("chat", "one_shot", "vanilla")
+# `auto`: the chat template when the tokenizer has one (Instruct models), else one_shot.
+TEMPLATE_CHOICES = ("auto", *TEMPLATES)
 
 # Our own one-shot example (not FastChat's text): short, neutral and self-contained.
 _ONE_SHOT_SYSTEM = (
@@ -43,8 +45,8 @@ class GenerateConfig:
 
     model: str
     """Model folder or HF id (`MODEL_DIR`)."""
-    template: str = "chat"
-    """chat | one_shot | vanilla (`--template`)."""
+    template: str = "auto"
+    """auto | chat | one_shot | vanilla (`--template`); see `resolve_template`."""
     max_new_tokens: int = 512
     """Answer length cap in tokens (`--max-new-tokens`)."""
     batch_size: int = 8
@@ -55,8 +57,10 @@ class GenerateConfig:
     """auto (cuda if present) | cpu | cuda (`--device`)."""
 
     def __post_init__(self) -> None:
-        if self.template not in TEMPLATES:
-            raise ValueError(f"`--template` must be one of {TEMPLATES}, got {self.template!r}")
+        if self.template not in TEMPLATE_CHOICES:
+            raise ValueError(
+                f"`--template` must be one of {TEMPLATE_CHOICES}, got {self.template!r}"
+            )
         if self.max_new_tokens < 1:
             raise ValueError("`--max-new-tokens` must be >= 1")
         if self.batch_size < 1:
@@ -65,6 +69,16 @@ class GenerateConfig:
             raise ValueError(f"`--dtype` must be auto|float32|float16|bfloat16, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"`--device` must be auto|cpu|cuda, got {self.device!r}")
+
+
+def resolve_template(template: str, model: str) -> str:
+    """`auto` -> chat if the model's tokenizer has a chat template, else one_shot."""
+    if template != "auto":
+        return template
+    from transformers import AutoTokenizer
+
+    has_chat = bool(getattr(AutoTokenizer.from_pretrained(model), "chat_template", None))
+    return "chat" if has_chat else "one_shot"
 
 
 def format_prompt(template: str, turns: list[str], answers: list[str], tokenizer=None) -> str:
@@ -163,6 +177,8 @@ def generate_answers(
     cache_path: str | Path,
 ) -> dict[str, list[str]]:
     """Answers to every turn of every `(id, turns)` question; id -> one answer per turn."""
+    if cfg.template not in TEMPLATES:
+        raise ValueError("generate_answers needs a resolved template (see resolve_template)")
     cache_path = Path(cache_path)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     done = read_cache(cache_path)

@@ -1,0 +1,197 @@
+"""`nif eval MODEL_DIR`: run the chosen suites on one model and keep everything in one folder.
+
+    OUT/answers.jsonl          the model's answers to the judge questions (cache, resumable)
+    OUT/ifeval_answers.jsonl   its answers to the IFEval prompts (cache, resumable)
+    OUT/verdicts.jsonl         single-answer grades from the judge (cache, resumable)
+    OUT/pairwise.jsonl         pairwise verdicts against the baseline (cache, resumable)
+    OUT/eval.json              every suite's scores; `nif eval compare` reads it
+
+Each suite's result is merged into `eval.json` when it finishes, so suites can be run one at a
+time (or re-run after a crash) and the file still holds them all. A base model plus an adapter
+is merged once into OUT/merged-model first (the paper's "lora" model).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nif_lightning.evaluation import DATA_DIR
+from nif_lightning.evaluation.generate import GenerateConfig, resolve_template
+
+SUITES = ("ifeval", "oll", "judge")
+
+
+@dataclass
+class EvalConfig:
+    """One `nif eval` run. Errors name the flag."""
+
+    model: str
+    """The model folder (merged, or the base when `adapter` is given) (`MODEL_DIR`)."""
+    out: str
+    """Output folder (`--out`)."""
+    suites: tuple[str, ...] = SUITES
+    """Which suites (`--suite`, `all` = every one)."""
+    name: str | None = None
+    """Row label in `nif eval compare`, e.g. lora-base; default the model folder's name
+    (`--name`)."""
+    adapter: str | None = None
+    """A PEFT adapter to merge into `model` first (`--adapter`)."""
+    generate: GenerateConfig | None = None
+    """Answer generation (template, lengths, batch)."""
+    questions: str = str(DATA_DIR / "mt_questions.jsonl")
+    """MT-Bench-format question file (`--questions`)."""
+    ifeval_prompts: str = str(DATA_DIR / "ifeval_prompts.jsonl")
+    """IFEval-format prompt file for the local checker (`--ifeval-prompts`)."""
+    ifeval_backend: str = "local"
+    """local (our checker on `ifeval_prompts`) | lm-eval (lm-eval's `ifeval` task)
+    (`--ifeval-backend`)."""
+    judge: Any = None
+    """`data_gen.teachers.TeacherConfig` of the judge (`--judge-teacher` ...)."""
+    baseline_answers: str | None = None
+    """The baseline model's `answers.jsonl` for the win rate (`--baseline-answers`)."""
+    lm_eval: dict[str, Any] = field(default_factory=dict)
+    """Extra `LMEvalConfig` fields: include_path, hf_cache, limit, batch_size."""
+
+    def __post_init__(self) -> None:
+        self.suites = tuple(self.suites)
+        bad = [s for s in self.suites if s not in SUITES]
+        if bad or not self.suites:
+            raise ValueError(f"`--suite` must be from {SUITES} or all, got {list(self.suites)}")
+        if not Path(self.model).is_dir() and not self.adapter and "/" not in self.model:
+            raise ValueError(f"`MODEL_DIR` {self.model!r} is not a folder")
+        if self.generate is None:
+            self.generate = GenerateConfig(model=self.model)
+        if self.ifeval_backend not in ("local", "lm-eval"):
+            raise ValueError(
+                f"`--ifeval-backend` must be local or lm-eval, not {self.ifeval_backend!r}"
+            )
+        if "judge" in self.suites:
+            if self.judge is None:
+                raise ValueError(
+                    "`--suite judge` needs a judge: give `--judge-teacher` and `--judge-model`"
+                )
+            if not Path(self.questions).is_file():
+                raise ValueError(f"`--questions` {self.questions!r} does not exist")
+        if self.baseline_answers is not None and not Path(self.baseline_answers).is_file():
+            raise ValueError(f"`--baseline-answers` {self.baseline_answers!r} does not exist")
+        local_ifeval = "ifeval" in self.suites and self.ifeval_backend == "local"
+        if local_ifeval and not Path(self.ifeval_prompts).is_file():
+            raise ValueError(f"`--ifeval-prompts` {self.ifeval_prompts!r} does not exist")
+
+
+def _update_results(out: Path, cfg: EvalConfig, suite: str, result: dict[str, Any]) -> None:
+    path = out / "eval.json"
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data.update(
+        {
+            "name": cfg.name or Path(cfg.model.rstrip("/")).name,
+            "model": cfg.model,
+            "adapter": cfg.adapter,
+            "template": cfg.generate.template,
+        }
+    )
+    data.setdefault("suites", {})[suite] = result
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)  # a kill never leaves half a file
+
+
+def _merged_model(cfg: EvalConfig, out: Path) -> str:
+    from nif_lightning.merge import merge_adapter
+
+    target = out / "merged-model"
+    marker = target / "merged_from.json"
+    source = {"base": str(cfg.model), "adapter": str(cfg.adapter)}
+    if not (marker.is_file() and json.loads(marker.read_text()) == source):
+        merge_adapter(cfg.model, cfg.adapter, target)
+        marker.write_text(json.dumps(source) + "\n", encoding="utf-8")
+    return str(target)
+
+
+def run_eval(cfg: EvalConfig, *, log=print) -> dict[str, Any]:
+    """Run every suite in `cfg.suites`; returns the contents of OUT/eval.json."""
+    from dataclasses import replace
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = _merged_model(cfg, out) if cfg.adapter else cfg.model
+    gen = replace(cfg.generate, model=model)
+    gen.template = resolve_template(gen.template, model)
+    cfg.generate = gen  # eval.json records the template actually used
+    for suite in cfg.suites:
+        start = time.perf_counter()
+        if suite == "ifeval":
+            result = _ifeval(cfg, gen, out)
+        elif suite == "oll":
+            result = _oll(cfg, gen, model)
+        else:
+            result = _judge(cfg, gen, out)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        _update_results(out, cfg, suite, result)
+        log(f"nif eval: {suite} done in {result['seconds']} s")
+    return json.loads((out / "eval.json").read_text(encoding="utf-8"))
+
+
+def _ifeval(cfg: EvalConfig, gen: GenerateConfig, out: Path) -> dict[str, Any]:
+    if cfg.ifeval_backend == "lm-eval":
+        from nif_lightning.evaluation.lm_eval_suite import IFEVAL_TASK
+
+        result = _lm_eval(cfg, gen, gen.model, IFEVAL_TASK)["tasks"]["ifeval"]
+        return {"backend": "lm-eval", **{k: v for k, v in result.items() if k != "column"}}
+    from nif_lightning.evaluation.generate import generate_answers
+    from nif_lightning.evaluation.ifeval import load_prompts, score
+
+    prompts = load_prompts(cfg.ifeval_prompts)
+    answers = generate_answers(
+        gen, [(p.key, [p.prompt]) for p in prompts], out / "ifeval_answers.jsonl"
+    )
+    result = score(prompts, {k: v[0] for k, v in answers.items()})
+    result.pop("per_prompt")
+    return {"backend": "local", "prompt_file": cfg.ifeval_prompts, **result}
+
+
+def _lm_eval(cfg: EvalConfig, gen: GenerateConfig, model: str, tasks) -> dict[str, Any]:
+    from nif_lightning.evaluation.lm_eval_suite import LMEvalConfig, run_lm_eval
+
+    lm_cfg = LMEvalConfig(
+        model=model,
+        tasks=dict(tasks),
+        chat_template=gen.template == "chat",
+        device=gen.device,
+        dtype=gen.dtype,
+        **cfg.lm_eval,
+    )
+    return run_lm_eval(lm_cfg)
+
+
+def _oll(cfg: EvalConfig, gen: GenerateConfig, model: str) -> dict[str, Any]:
+    from nif_lightning.evaluation.lm_eval_suite import OLL_TASKS
+
+    return _lm_eval(cfg, gen, model, OLL_TASKS)
+
+
+def _judge(cfg: EvalConfig, gen: GenerateConfig, out: Path) -> dict[str, Any]:
+    from nif_lightning.evaluation.generate import generate_answers
+    from nif_lightning.evaluation.judge import grade_single, load_answers, load_questions, pairwise
+
+    questions = load_questions(cfg.questions)
+    answers = generate_answers(
+        gen, [(str(q["question_id"]), q["turns"]) for q in questions], out / "answers.jsonl"
+    )
+    result: dict[str, Any] = {
+        "questions": cfg.questions,
+        "judge": cfg.judge.model,
+        "single": grade_single(cfg.judge, questions, answers, out / "verdicts.jsonl"),
+        "pairwise": None,
+    }
+    if cfg.baseline_answers:
+        baseline = load_answers(cfg.baseline_answers)
+        result["pairwise"] = pairwise(
+            cfg.judge, questions, answers, baseline, out / "pairwise.jsonl"
+        )
+        result["pairwise"]["baseline"] = cfg.baseline_answers
+    return result
