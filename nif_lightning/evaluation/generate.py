@@ -116,6 +116,19 @@ def _clean(template: str, text: str) -> str:
     return text.strip()
 
 
+def open_for_append(path: Path):
+    """Append mode, after ending a line that a kill cut short (else the next record would be
+    glued to the broken one and lost too)."""
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, 2)
+            cut = f.read(1) != b"\n"
+        if cut:
+            with path.open("a", encoding="utf-8") as f:
+                f.write("\n")
+    return path.open("a", encoding="utf-8")
+
+
 def read_cache(path: Path) -> dict[tuple[str, int], str]:
     """(id, turn) -> answer; a last line cut short by a kill is ignored."""
     done: dict[tuple[str, int], str] = {}
@@ -184,7 +197,7 @@ def generate_answers(
     done = read_cache(cache_path)
     model: _Model | None = None
     max_turns = max((len(t) for _, t in questions), default=0)
-    with cache_path.open("a", encoding="utf-8") as cache:
+    with open_for_append(cache_path) as cache:
         for turn in range(max_turns):
             todo = [(qid, t) for qid, t in questions if len(t) > turn and (qid, turn) not in done]
             for start in range(0, len(todo), cfg.batch_size):

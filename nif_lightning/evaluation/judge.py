@@ -127,6 +127,7 @@ def _read_cache(path: Path) -> dict[str, dict]:
 async def _ask_all(cfg, jobs: dict[str, tuple[str, str]], cache_path: Path, parse) -> dict:
     """`jobs`: label -> (kind, prompt). Returns label -> cached record (absent = unjudged)."""
     from data_gen.teachers import RequestFailed, RunStopped, make_teacher
+    from nif_lightning.evaluation.generate import open_for_append
 
     cfg = _judge_cfg(cfg)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,7 @@ async def _ask_all(cfg, jobs: dict[str, tuple[str, str]], cache_path: Path, pars
         for label in todo:
             queue.put_nowait(label)
         stopped: list[str] = []
-        with cache_path.open("a", encoding="utf-8") as cache:
+        with open_for_append(cache_path) as cache:
 
             async def worker() -> None:
                 while not stopped and not queue.empty():

@@ -1,0 +1,150 @@
+"""`nif eval` end to end on the tiny model with a local judge: the files it writes, a rerun that
+generates and asks nothing, answer generation resumed after a kill, and bad input refused."""
+
+import json
+
+import pytest
+
+from data_gen.fake_server import FakeTeacherServer
+from nif_lightning.cli import main
+from nif_lightning.evaluation import DATA_DIR, generate
+from nif_lightning.evaluation.generate import (
+    GenerateConfig,
+    format_prompt,
+    generate_answers,
+    read_cache,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from nif_lightning.tiny_model import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+def _judge(prompt: str) -> str:
+    if "[Answer A]" in prompt:
+        return "A reads better. [[A>B]]"  # a position-biased judge
+    return "Reasonable.\n[[5]]"
+
+
+def _args(tiny, out, url, *extra):
+    return [
+        "eval",
+        str(tiny),
+        "--out",
+        str(out),
+        "--suite",
+        "ifeval",
+        "--suite",
+        "judge",
+        "--max-new-tokens",
+        "6",
+        "--judge-teacher",
+        "openai",
+        "--judge-model",
+        "judge-test",
+        "--judge-base-url",
+        url,
+        "--judge-max-retries",
+        "0",
+        *extra,
+    ]
+
+
+def test_eval_end_to_end_and_rerun(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "eval"
+    with FakeTeacherServer(reply_fn=_judge) as server:
+        assert main(_args(tiny, out, server.url, "--name", "base")) == 0
+        assert server.requests == 16  # 8 questions x 2 turns
+    assert len((out / "answers.jsonl").read_text().splitlines()) == 16
+    assert len((out / "ifeval_answers.jsonl").read_text().splitlines()) == 11
+    assert len((out / "verdicts.jsonl").read_text().splitlines()) == 16
+    result = json.loads((out / "eval.json").read_text())
+    assert result["name"] == "base" and result["template"] == "one_shot"  # no chat template
+    assert set(result["suites"]) == {"ifeval", "judge"}
+    assert result["suites"]["judge"]["single"]["score"] == 5.0
+    assert result["suites"]["ifeval"]["prompts"] == 11
+    assert json.loads(capsys.readouterr().out)["suites"]["judge"]["single"]["graded"] == 16
+
+    # Everything is cached: the rerun loads no model and asks the judge nothing new; a
+    # pairwise run against the model's own answers only asks for the 2 x 8 games.
+    def no_model(cfg):
+        raise AssertionError("the model was loaded although every answer is cached")
+
+    monkeypatch.setattr(generate, "_Model", no_model)
+    baseline = str(out / "answers.jsonl")
+    with FakeTeacherServer(reply_fn=_judge) as server:
+        args = _args(tiny, out, server.url, "--name", "base", "--baseline-answers", baseline)
+        assert main(args) == 0
+        assert server.requests == 16
+    result = json.loads((out / "eval.json").read_text())
+    pair = result["suites"]["judge"]["pairwise"]
+    assert pair["win_rate"] == 50.0 and pair["order_inconsistent_questions"] == 8
+
+    assert main(["eval", "compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("| base | one_shot | 5.00 | 50.00 | - |")
+
+
+def test_generation_resumes_after_kill(tiny, tmp_path, monkeypatch):
+    questions = [("a", ["Say hi.", "Again."]), ("b", ["Count to three."]), ("c", ["Name a fruit."])]
+    cfg = GenerateConfig(model=str(tiny), template="vanilla", max_new_tokens=5, batch_size=2)
+    full = generate_answers(cfg, questions, tmp_path / "full.jsonl")
+    assert [len(v) for v in full.values()] == [2, 1, 1]
+
+    # A kill after the first batch, in the middle of writing the next line.
+    lines = (tmp_path / "full.jsonl").read_text().splitlines()
+    (tmp_path / "cut.jsonl").write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:9])
+    asked = []
+    real = generate._Model.generate
+
+    def counting(self, prompts, cfg):
+        asked.extend(prompts)
+        return real(self, prompts, cfg)
+
+    monkeypatch.setattr(generate._Model, "generate", counting)
+    resumed = generate_answers(cfg, questions, tmp_path / "cut.jsonl")
+    assert len(asked) == 2  # question c's turn 1 and question a's turn 2, nothing else
+    assert resumed == full  # greedy: the same answers as the uninterrupted run
+    assert len(read_cache(tmp_path / "cut.jsonl")) == 4
+
+
+def test_templates(tiny):
+    from transformers import AutoTokenizer
+
+    one_shot = format_prompt("one_shot", ["Q1", "Q2"], ["A1"])
+    assert one_shot.endswith("### Human: Q1\n### Assistant: A1\n### Human: Q2\n### Assistant:")
+    assert format_prompt("vanilla", ["Q1", "Q2"], ["A1"]) == "Q1\n\nA1\n\nQ2\n\n"
+    with pytest.raises(ValueError, match="`--template chat`: this tokenizer has no chat"):
+        format_prompt("chat", ["Q"], [], AutoTokenizer.from_pretrained(tiny))
+    assert generate._clean("one_shot", " Sure.\n### Human: more") == "Sure."
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--suite", "judge"], "`--suite judge` needs a judge"),
+        (["--questions", "/nonexistent.jsonl"], "`--questions`"),
+        (["--max-new-tokens", "0"], "`--max-new-tokens` must be >= 1"),
+        (["--suite", "judge", "--judge-teacher", "openai"], "`--teacher openai` needs `--model`"),
+        (["--baseline-answers", "/none.jsonl"], "`--baseline-answers`"),
+    ],
+)
+def test_bad_input_refused_before_work(tiny, tmp_path, capsys, extra, message):
+    argv = ["eval", str(tiny), "--out", str(tmp_path / "o"), *extra]
+    if "--suite" not in extra:
+        argv += ["--suite", "judge", "--judge-teacher", "openai", "--judge-model", "j"]
+        argv += ["--judge-base-url", "http://127.0.0.1:9/v1"]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing started
+
+
+def test_shipped_questions_are_two_turn():
+    from nif_lightning.evaluation.judge import load_questions
+
+    questions = load_questions(DATA_DIR / "mt_questions.jsonl")
+    assert len(questions) == 8 and all(len(q["turns"]) == 2 for q in questions)
+    assert len({q["category"] for q in questions}) == 8
