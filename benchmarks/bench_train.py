@@ -10,9 +10,9 @@
 
 The data: prompt + completion lengths drawn log-normal (median ~300 tokens, capped at the
 cutoff), as OpenWebText halves are. Each variant runs `--steps` optimizer steps (forward,
-backward, AdamW) after warm-up; reported: real tokens/s, processed tokens/s (padding included),
-the non-padding share, peak memory on GPU, and the ratios (c)/(a), (c)/(b). Rows go to
-benchmarks/results/train.jsonl.
+backward, AdamW) per round after warm-up; rounds interleave the variants and medians are
+reported: real tokens/s, processed tokens/s (padding included), the non-padding share, peak
+memory on GPU, and the ratios (c)/(a), (c)/(b). Rows go to benchmarks/results/train.jsonl.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import statistics
 import tempfile
 import time
 
@@ -55,7 +56,7 @@ def packed_batches(samples, budget: int, seed: int = 0):
     ]
 
 
-def run(model, batches, steps: int, device: str) -> dict:
+def _step_fn(model, device):
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     model.train()
@@ -67,30 +68,46 @@ def run(model, batches, steps: int, device: str) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for batch in batches[:2]:  # warm-up: kernels compiled, allocator settled
-        step(batch)
+    return step
+
+
+def measure(step, batches, steps: int, device: str) -> dict:
+    """One timed round of `steps` optimizer steps."""
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     tokens = slots = 0
     t0 = time.perf_counter()
     for i in range(steps):
-        batch = batches[(i + 2) % len(batches)]
+        batch = batches[i % len(batches)]
         step(batch)
         tokens += batch["stats"]["tokens"]
         slots += batch["stats"]["slots"]
     if device == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    out = {
-        "tokens_per_s": tokens / dt,
-        "processed_tokens_per_s": slots / dt,
-        "non_padding_share": tokens / slots,
-        "seconds": dt,
-    }
+    out = {"tokens_per_s": tokens / dt, "processed_tokens_per_s": slots / dt}
+    out["non_padding_share"] = tokens / slots
     if device == "cuda":
         out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def compare(variants: dict, steps: dict, device: str, rounds: int) -> dict:
+    """Rounds interleave the variants (a, b, c, a, b, c, ...) so that a noisy neighbour or a
+    clock change hits all of them alike; each figure is the median over rounds."""
+    for step, batches in variants.values():  # warm-up: kernels compiled, caches settled
+        for batch in batches[:2]:
+            step(batch)
+    per_round = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (step, batches) in variants.items():
+            per_round[name].append(measure(step, batches, steps[name], device))
+    result = {}
+    for name, runs in per_round.items():
+        result[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        result[name]["rounds"] = rounds
+    return result
 
 
 def main(argv=None) -> None:
@@ -99,7 +116,8 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--model", default=None, help="HF model folder/id (default: the tiny model)")
     ap.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=10, help="padded steps per round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     ap.add_argument("--samples", type=int, default=400)
     ap.add_argument("--cutoff", type=int, default=1024)
     ap.add_argument("--micro-batch", type=int, default=8)
@@ -130,12 +148,16 @@ def main(argv=None) -> None:
     torch_dtype = getattr(torch, dtype)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(device)
     stock = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=list(LORA_TARGETS)))
-    results = {"a_hf_peft_padded": run(stock, padded, steps_padded, device)}
-    del stock, base
     ours = NifLoraModule(model_path, dtype=dtype).model.to(device)
-    results["b_ours_padded"] = run(ours, padded, steps_padded, device)
-    results["c_ours_packed"] = run(ours, packed, steps_packed, device)
-
+    stock_step, ours_step = _step_fn(stock, device), _step_fn(ours, device)
+    variants = {
+        "a_hf_peft_padded": (stock_step, padded),
+        "b_ours_padded": (ours_step, padded),
+        "c_ours_packed": (ours_step, packed),
+    }
+    steps = {"a_hf_peft_padded": steps_padded, "b_ours_padded": steps_padded}
+    steps["c_ours_packed"] = steps_packed
+    results = compare(variants, steps, device, args.rounds)
     a, b, c = results["a_hf_peft_padded"], results["b_ours_padded"], results["c_ours_packed"]
     ratios = {
         "c_over_a_tokens_per_s": c["tokens_per_s"] / a["tokens_per_s"],
