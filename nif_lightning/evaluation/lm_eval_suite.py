@@ -160,7 +160,9 @@ def run_lm_eval(cfg: LMEvalConfig, *, log_samples: bool = False) -> dict[str, An
                     f"lm-eval gave no {metric!r} for task {task!r} (it reported {sorted(result)})"
                 )
             entry = {"score": round(100.0 * result[metric], 2), "metric": metric}
-            entry.update({"shots": shots, "column": column})
+            # The shots lm-eval reports having used (None if it reports none for the task).
+            used = out.get("n-shot", {}).get(task)
+            entry.update({"shots": used, "column": column})
             if task == "ifeval":
                 entry.update({m: round(100.0 * result[m], 2) for m in _IFEVAL_EXTRA if m in result})
             scores[task] = entry

@@ -124,3 +124,75 @@ def test_bad_config_names_the_flag(tmp_path, tiny):
         run_lm_eval(cfg)
     with pytest.raises(ValueError, match="`--template chat`: this tokenizer has no chat"):
         run_lm_eval(LMEvalConfig(model=str(tiny), chat_template=True, device="cpu"))
+
+
+def _leaderboard_stand_ins(tmp_path):
+    """Six local tasks under the leaderboard's names (an include path overrides the built-in
+    ones): the offline-cluster route, with 30 tiny documents each."""
+    import random
+
+    rng = random.Random(0)
+    folder = tmp_path / "oll_tasks"
+    folder.mkdir()
+    for task in OLL_TASKS:
+        docs = [
+            {
+                "question": f"item {i} {rng.choice(['cat', 'sun', 'tree'])}?",
+                "choices": ["yes", "no", "maybe"],
+                "label": rng.randrange(3),
+                "answer": f"It is {i}. #### {i}",
+            }
+            for i in range(30)
+        ]
+        data = tmp_path / f"{task}.jsonl"
+        data.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+        if task == "gsm8k":
+            body = (
+                "output_type: generate_until\n"
+                'doc_to_target: "{{answer}}"\n'
+                "generation_kwargs: {until: ['Question:'], do_sample: false, max_gen_toks: 4}\n"
+                "filter_list:\n"
+                "  - name: strict-match\n"
+                "    filter:\n"
+                "      - {function: regex, regex_pattern: '#### (\\\\-?[0-9\\\\.\\\\,]+)'}\n"
+                "      - {function: take_first}\n"
+                "metric_list:\n"
+                "  - {metric: exact_match, aggregation: mean, higher_is_better: true}\n"
+            )
+        else:
+            body = (
+                "output_type: multiple_choice\n"
+                'doc_to_choice: "{{choices}}"\n'
+                "doc_to_target: label\n"
+                "metric_list:\n"
+                "  - {metric: acc, aggregation: mean, higher_is_better: true}\n"
+                "  - {metric: acc_norm, aggregation: mean, higher_is_better: true}\n"
+            )
+        (folder / f"{task}.yaml").write_text(
+            f"task: {task}\ndataset_path: json\n"
+            f"dataset_kwargs: {{data_files: {{train: {data}, test: {data}}}}}\n"
+            "training_split: train\nfewshot_split: train\ntest_split: test\n"
+            'doc_to_text: "Question: {{question}}\\nAnswer:"\n' + body + "metadata: {version: 1}\n",
+            encoding="utf-8",
+        )
+    return folder
+
+
+def test_oll_suite_through_the_cli_offline(tiny, tmp_path, monkeypatch, capsys):
+    from nif_lightning.cli import main
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "eval"
+    argv = ["eval", str(tiny), "--suite", "oll", "--out", str(out), "--device", "cpu"]
+    argv += ["--include-path", str(_leaderboard_stand_ins(tmp_path)), "--limit", "2"]
+    assert main(argv) == 0
+    oll = json.loads((out / "eval.json").read_text())["suites"]["oll"]
+    # lm-eval reports using the paper's shot count for every task.
+    assert {t: r["shots"] for t, r in oll["tasks"].items()} == {
+        t: spec[0] for t, spec in OLL_TASKS.items()
+    }
+    scores = [oll["tasks"][t]["score"] for t in OLL_TASKS]
+    assert all(s in (0.0, 50.0, 100.0) for s in scores)  # 2 documents per task
+    assert oll["oll_average"] == round(sum(scores) / 6, 2)
+    assert oll["tasks"]["gsm8k"]["metric"] == "exact_match,strict-match"
