@@ -350,7 +350,7 @@ class _HttpTeacher(Teacher):
         self.fleet.sent[server] += 1
         try:
             async with self._session.post(url, json=payload, headers=self._headers()) as r:
-                text = await r.text()
+                text = (await r.read()).decode("utf-8", errors="replace")  # JSON is UTF-8
                 self.limiter.observe(r.headers)
                 status, headers = r.status, r.headers
         except aiohttp.ClientConnectorError as err:
