@@ -1,6 +1,7 @@
 """`nif eval` end to end on the tiny model with a local judge: the files it writes, a rerun that
 generates and asks nothing, answer generation resumed after a kill, and bad input refused."""
 
+import contextlib
 import json
 
 import pytest
@@ -148,3 +149,47 @@ def test_shipped_questions_are_two_turn():
     questions = load_questions(DATA_DIR / "mt_questions.jsonl")
     assert len(questions) == 8 and all(len(q["turns"]) == 2 for q in questions)
     assert len({q["category"] for q in questions}) == 8
+
+
+def test_sigkill_mid_judging_then_resume(tiny, tmp_path):
+    """SIGKILL `nif eval` while the judge is answering; the rerun asks only what is missing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "eval"
+    verdicts = out / "verdicts.jsonl"
+    with FakeTeacherServer(reply_fn=_judge, latency=0.3) as server:
+        argv = _args(tiny, out, server.url, "--judge-concurrency", "1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nif_lightning.cli", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if verdicts.is_file() and len(verdicts.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    kept = len(_read_lines(verdicts))
+    assert 3 <= kept < 16, "the kill should land in the middle of judging"
+    assert not (out / "eval.json").is_file() or "judge" not in (out / "eval.json").read_text()
+
+    with FakeTeacherServer(reply_fn=_judge) as server:
+        assert main(_args(tiny, out, server.url)) == 0
+        assert server.requests == 16 - kept  # nothing is asked twice
+    single = json.loads((out / "eval.json").read_text())["suites"]["judge"]["single"]
+    assert single["graded"] == 16 and single["score"] == 5.0
+
+
+def _read_lines(path):
+    lines = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # the line the kill cut short
+            lines.append(json.loads(line))
+    return lines
