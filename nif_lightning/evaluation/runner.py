@@ -61,8 +61,12 @@ class EvalConfig:
         bad = [s for s in self.suites if s not in SUITES]
         if bad or not self.suites:
             raise ValueError(f"`--suite` must be from {SUITES} or all, got {list(self.suites)}")
-        if not Path(self.model).is_dir() and not self.adapter and "/" not in self.model:
-            raise ValueError(f"`MODEL_DIR` {self.model!r} is not a folder")
+        # Not a folder: only a Hugging Face hub id ("org/name") is left to try.
+        hub_id = self.model.count("/") == 1 and not self.model.startswith((".", "/", "~"))
+        if not Path(self.model).is_dir() and not hub_id:
+            raise ValueError(f"`MODEL_DIR` {self.model!r} is not a folder (nor an org/name hub id)")
+        if self.adapter is not None and not Path(self.adapter).is_dir():
+            raise ValueError(f"`--adapter` {self.adapter!r} is not a folder")
         if self.generate is None:
             self.generate = GenerateConfig(model=self.model)
         if self.ifeval_backend not in ("local", "lm-eval"):

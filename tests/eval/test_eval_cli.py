@@ -131,6 +131,7 @@ def test_templates(tiny):
         (["--max-new-tokens", "0"], "`--max-new-tokens` must be >= 1"),
         (["--suite", "judge", "--judge-teacher", "openai"], "`--teacher openai` needs `--model`"),
         (["--baseline-answers", "/none.jsonl"], "`--baseline-answers`"),
+        (["--adapter", "/no/adapter"], "`--adapter` '/no/adapter' is not a folder"),
     ],
 )
 def test_bad_input_refused_before_work(tiny, tmp_path, capsys, extra, message):
@@ -141,6 +142,19 @@ def test_bad_input_refused_before_work(tiny, tmp_path, capsys, extra, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing started
+
+
+def test_missing_model_dir_refused(tmp_path, capsys):
+    argv = [
+        "eval",
+        str(tmp_path / "no" / "model"),
+        "--out",
+        str(tmp_path / "o"),
+        "--suite",
+        "ifeval",
+    ]
+    assert main(argv) == 2
+    assert "is not a folder (nor an org/name hub id)" in capsys.readouterr().err
 
 
 def test_shipped_questions_are_two_turn():
@@ -193,3 +207,34 @@ def _read_lines(path):
         with contextlib.suppress(json.JSONDecodeError):  # the line the kill cut short
             lines.append(json.loads(line))
     return lines
+
+
+def test_base_plus_adapter_is_merged_once(tiny, tmp_path, monkeypatch):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # a non-zero B, so the merge changes the weights
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.01)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    out = tmp_path / "eval"
+    argv = ["eval", str(tiny), "--adapter", str(adapter), "--out", str(out), "--suite", "ifeval"]
+    argv += ["--max-new-tokens", "4"]
+    assert main(argv) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged-model")
+    base_q = AutoModelForCausalLM.from_pretrained(tiny).model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight, base_q)
+    assert json.loads((out / "eval.json").read_text())["adapter"] == str(adapter)
+
+    import nif_lightning.merge
+
+    def no_merge(*a, **k):
+        raise AssertionError("merged again although OUT/merged-model is up to date")
+
+    monkeypatch.setattr(nif_lightning.merge, "merge_adapter", no_merge)
+    assert main(argv) == 0
