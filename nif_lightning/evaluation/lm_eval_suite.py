@@ -120,17 +120,17 @@ def run_lm_eval(cfg: LMEvalConfig, *, log_samples: bool = False) -> dict[str, An
                 "`--template chat`: this tokenizer has no chat template; use "
                 "`--template one_shot` or `vanilla` (plain harness prompts) for a base model"
             )
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    # One model for every task: loading a 7B model six times would dominate the run.
-    model = HFLM(pretrained=cfg.model, device=device, dtype=cfg.dtype, batch_size=cfg.batch_size)
     manager = TaskManager(include_path=cfg.include_path)
     unknown = [t for t in cfg.tasks if t not in manager.all_tasks]
     if unknown:
         raise ValueError(
             f"lm-eval does not know task(s) {unknown}; add their YAMLs with `--include-path`"
         )
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    # One model for every task: loading a 7B model six times would dominate the run.
+    model = HFLM(pretrained=cfg.model, device=device, dtype=cfg.dtype, batch_size=cfg.batch_size)
     by_shots: dict[int, list[str]] = {}
     for task, (shots, _, _) in cfg.tasks.items():
         by_shots.setdefault(shots, []).append(task)
