@@ -204,6 +204,16 @@ def render_table(report: dict[str, Any]) -> str:
     )
 
 
+def _end_cut_line(path: Path) -> None:
+    """A kill can leave the cache's last line unfinished; end it, or the next verdict appended
+    would be glued to it and both would be unreadable."""
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb+") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 async def _judge_all(cfg: FilterConfig, rows: list[dict], out: Path, progress: bool) -> dict:
     """Verdicts for every (row, check), from the cache or the judge; cached as they arrive."""
     from tqdm import tqdm
@@ -231,6 +241,7 @@ async def _judge_all(cfg: FilterConfig, rows: list[dict], out: Path, progress: b
         queue.put_nowait(item)
     bar = tqdm(total=len(todo), unit="verdict", desc="nif filter (judge)", disable=not progress)
     stopped: list[str] = []
+    _end_cut_line(cache_path)
     with cache_path.open("a", encoding="utf-8") as cache:
 
         async def worker(judge) -> None:

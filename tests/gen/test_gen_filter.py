@@ -138,3 +138,33 @@ def test_judge_filter_reports_table8_and_resumes_from_cached_verdicts(tmp_path, 
     )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["done"] == 3 and manifest["status"] == "complete"
+
+
+def test_a_verdict_line_cut_by_a_kill_is_not_glued_to_the_next(tmp_path):
+    _dataset(tmp_path / "d", ROWS[1:3])
+    out = tmp_path / "f"
+    out.mkdir()
+    # One good cached verdict, then a line a kill cut short.
+    (out / "judgements.jsonl").write_text(
+        '{"id": "both", "check": "instructional", "verdict": false}\n{"id": "talk", "che'
+    )
+    argv = [
+        "filter",
+        str(tmp_path / "d"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--judge-teacher",
+        "openai",
+        "--judge-model",
+        "judge",
+    ]
+    with FakeTeacherServer(reply_fn=_judge) as server:
+        assert _nif([*argv, "--judge-base-url", server.url]) == 0
+        assert server.requests == 3  # 4 verdicts needed, 1 cached
+    lines = (out / "judgements.jsonl").read_text().splitlines()
+    assert len([line for line in lines if line.endswith("}")]) == 4
+    # A second run finds every verdict readable: nothing is asked again.
+    with FakeTeacherServer(reply_fn=_judge) as server:
+        assert _nif([*argv, "--judge-base-url", server.url]) == 0
+        assert server.requests == 0

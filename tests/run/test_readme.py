@@ -32,5 +32,5 @@ def test_readme_commands_match_ci():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "pip install torch==2.13.0" in text and "nif run" in text
-    for step in ("torch==2.13.0", '-e ".[test]"', "deepspeed", "ruff check .", "pytest"):
+    for step in ("torch==2.13.0", '-e ".[test,eval]"', "deepspeed", "ruff check .", "pytest"):
         assert step in ci and step in text, step
