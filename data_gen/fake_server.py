@@ -32,7 +32,8 @@ Run it in-process (a background thread with its own event loop, so the code unde
     with FakeTeacherServer(fail_first=1) as server:
         server.url  # http://127.0.0.1:PORT/v1
 
-or as a process that a test can keep alive while it SIGKILLs the generator:
+or in the caller's own event loop (`async with FakeTeacherServer() as server:`), or as a
+process that a test can keep alive while it SIGKILLs the generator:
 
     python -m data_gen.fake_server --port 0 --latency 0.05   # prints the URL when ready
 """

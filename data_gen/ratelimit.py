@@ -67,6 +67,11 @@ class RateLimiter:
     def limited(self) -> bool:
         return bool(self.rpm or self.tpm)
 
+    @property
+    def active(self) -> bool:
+        """Whether `acquire` may have to wait (a budget is set, or a pause is running)."""
+        return self.limited or self._clock() < self._paused_until
+
     def pause(self, seconds: float) -> None:
         """Hold every worker for `seconds` from now (a later deadline wins)."""
         if seconds > 0:

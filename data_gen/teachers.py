@@ -247,7 +247,10 @@ class _Fleet:
         self._clock = clock
 
     def pick(self, avoid: int | None = None) -> int:
-        now, n = self._clock(), len(self.urls)
+        n = len(self.urls)
+        if n == 1:
+            return 0
+        now = self._clock()
         up = [i for i in range(n) if self._down_until[i] <= now] or list(range(n))
         if avoid is not None and len(up) > 1:
             up = [i for i in up if i != avoid]  # a retry tries another server
@@ -281,6 +284,7 @@ class _HttpTeacher(Teacher):
         # At most `concurrency` requests in flight, however many callers wait: a server is
         # picked only when a slot is free, so the choice sees the fleet as it is now.
         self._slots = asyncio.Semaphore(cfg.concurrency)
+        self._request_headers = self._headers()
 
     async def __aenter__(self) -> _HttpTeacher:
         import aiohttp
@@ -343,13 +347,13 @@ class _HttpTeacher(Teacher):
         retrying cannot fix."""
         import aiohttp
 
-        charged = await self.limiter.acquire(estimate)
+        charged = await self.limiter.acquire(estimate) if self.limiter.active else 0
         url = self.fleet.urls[server] + self.path
         self.stats["attempts"] += 1
         self.fleet.in_flight[server] += 1
         self.fleet.sent[server] += 1
         try:
-            async with self._session.post(url, json=payload, headers=self._headers()) as r:
+            async with self._session.post(url, json=payload, headers=self._request_headers) as r:
                 text = (await r.read()).decode("utf-8", errors="replace")  # JSON is UTF-8
                 self.limiter.observe(r.headers)
                 status, headers = r.status, r.headers
