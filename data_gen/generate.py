@@ -189,6 +189,7 @@ async def _generate(
     for ex in todo:
         queue.put_nowait(ex)
     stop = asyncio.Event()
+    last_postfix = [0.0]
 
     async def worker(teacher) -> None:
         while not stop.is_set():
@@ -223,7 +224,10 @@ async def _generate(
                 reasons = stats.finish_reasons
                 reasons[c.finish_reason] = reasons.get(c.finish_reason, 0) + 1
             bar.update(1)
-            bar.set_postfix(done=stats.already_done + stats.new, failed=stats.failed, refresh=False)
+            now = time.monotonic()
+            if not bar.disable and now - last_postfix[0] > 0.5:  # per row it costs ~20% speed
+                last_postfix[0] = now
+                bar.set_postfix(done=stats.already_done + stats.new, failed=stats.failed)
 
     try:
         async with make_teacher(cfg.teacher) as teacher:
