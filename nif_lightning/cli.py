@@ -28,6 +28,7 @@ typical flow:
   nif tiny-model --out runs/tiny                    # an offline stand-in for a real base model
   nif train --config configs/quickstart.yaml        # LoRA training, adapter export, merge
   nif run                                           # all of the above from one config
+  nif eval runs/quickstart/merged --suite ifeval    # the paper's benchmarks
 """
 
 
