@@ -36,7 +36,7 @@ setup(
         "matplotlib>=3.7",  # the loss plot of the run report
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"],
         "flash": ["flash-attn>=2.5"],
         # DeepSpeed builds against the installed torch: install it with
         # `DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed` (see README).

@@ -12,6 +12,9 @@
   batches would hang the others in the gradient all-reduce). Lightning's sampler injection is
   not involved: the loaders iterate over ready batches.
 - Deterministic given the seed: epoch e uses seed + e for the shuffle and the bin order.
+- Resumable mid-epoch: each checkpoint records how many batches of the current epoch were
+  trained (`state_dict`), and a resumed run starts that epoch at the next batch, so a crash
+  never repeats or skips data.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from nif_lightning.packing import Sample, collate_packed, collate_padded, pack, vanilla_sample
 
@@ -110,17 +114,21 @@ def _hash(row_id: str) -> bytes:
 
 
 class _Batches(torch.utils.data.IterableDataset):
-    """This rank's batches of the current epoch, built when iteration starts."""
+    """This rank's batches of the current epoch: index groups fixed when iteration starts,
+    collated one at a time from the epoch's first untrained batch."""
 
-    def __init__(self, build, epoch_fn) -> None:
+    def __init__(self, groups_fn, collate, epoch_fn, start_fn) -> None:
         super().__init__()
-        self._build, self._epoch_fn = build, epoch_fn
+        self._groups_fn, self._collate = groups_fn, collate
+        self._epoch_fn, self._start_fn = epoch_fn, start_fn
 
     def __iter__(self):
-        yield from self._build(self._epoch_fn())
+        epoch = self._epoch_fn()
+        for group in self._groups_fn(epoch)[self._start_fn(epoch) :]:
+            yield self._collate(group)
 
     def __len__(self) -> int:
-        return len(self._build(0, count_only=True))
+        return len(self._groups_fn(0))
 
 
 class NifDataModule(L.LightningDataModule):
@@ -133,6 +141,7 @@ class NifDataModule(L.LightningDataModule):
         self.train_samples: list[Sample] = []
         self.val_samples: list[Sample] = []
         self._pad_id = 0
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained) from a ckpt
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -183,6 +192,35 @@ class NifDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.current_epoch if trainer is not None else 0
 
+    # ---- resume ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the epoch and how many of its batches this rank trained."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "batches_trained": done, "world": self._rank()[1]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if state["world"] != self._rank()[1]:
+            # Another world size deals other batches to each rank: no position carries over.
+            rank_zero_warn(
+                f"resuming on {self._rank()[1]} rank(s) a run saved on {state['world']}: the "
+                f"interrupted epoch {state['epoch']} starts again from its first batch"
+            )
+            return
+        self._resume_at = (state["epoch"], state["batches_trained"])
+
+    def _first_batch(self, epoch: int) -> int:
+        """Where `epoch` starts: after the batches a resumed checkpoint trained (once), else 0."""
+        if self._resume_at is None or self._resume_at[0] != epoch:
+            return 0
+        done, self._resume_at = self._resume_at[1], None
+        return done
+
     def epoch_batches(self, samples: list[Sample], seed: int, *, shuffle: bool) -> list[list[int]]:
         """Index groups of one epoch for all ranks (before dealing)."""
         if self.cfg.packing:
@@ -201,17 +239,11 @@ class NifDataModule(L.LightningDataModule):
             groups = groups + groups[: per_rank * world - len(groups)]
         return groups[rank::world]
 
-    def _builder(self, samples: list[Sample], *, train: bool):
-        def build(epoch: int, count_only: bool = False):
-            rank, world = self._rank()
-            seed = self.cfg.seed + (epoch if train else 0)
-            groups = self.epoch_batches(samples, seed, shuffle=train)
-            groups = self.rank_batches(groups, rank, world)
-            if count_only:
-                return groups
-            return [self.collate([samples[i] for i in g]) for g in groups]
-
-        return build
+    def _rank_groups(self, samples: list[Sample], epoch: int, *, train: bool) -> list[list[int]]:
+        """This rank's index groups of `epoch` (validation: one fixed order)."""
+        seed = self.cfg.seed + (epoch if train else 0)
+        groups = self.epoch_batches(samples, seed, shuffle=train)
+        return self.rank_batches(groups, *self._rank())
 
     def collate(self, samples: list[Sample]) -> dict:
         if self.cfg.packing:
@@ -219,8 +251,12 @@ class NifDataModule(L.LightningDataModule):
         return collate_padded(samples, self._pad_id)
 
     def _loader(self, samples: list[Sample], *, train: bool):
-        epoch_fn = self._epoch if train else (lambda: 0)  # validation: one fixed order
-        dataset = _Batches(self._builder(samples, train=train), epoch_fn)
+        dataset = _Batches(
+            lambda epoch: self._rank_groups(samples, epoch, train=train),
+            lambda group: self.collate([samples[i] for i in group]),
+            epoch_fn=self._epoch if train else (lambda: 0),
+            start_fn=self._first_batch if train else (lambda epoch: 0),
+        )
         return torch.utils.data.DataLoader(dataset, batch_size=None)
 
     def train_dataloader(self):
@@ -233,7 +269,8 @@ class NifDataModule(L.LightningDataModule):
 
     def packing_efficiency(self) -> float:
         """Real tokens / computed token slots over one training epoch."""
-        batches = self._builder(self.train_samples, train=True)(0)
-        tokens = sum(b["stats"]["tokens"] for b in batches)
-        slots = sum(b["stats"]["slots"] for b in batches)
+        tokens = slots = 0
+        for group in self._rank_groups(self.train_samples, 0, train=True):
+            stats = self.collate([self.train_samples[i] for i in group])["stats"]
+            tokens, slots = tokens + stats["tokens"], slots + stats["slots"]
         return tokens / max(slots, 1)

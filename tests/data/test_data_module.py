@@ -1,10 +1,13 @@
 """The DataModule on real `nif gen` output: bad folders fail early with clear errors, the
-validation split is stable, ranks get disjoint batches of equal count, padded mode works."""
+validation split is stable, ranks get disjoint batches of equal count, padded mode works, a
+run resumed mid-epoch trains each batch exactly once."""
 
 from __future__ import annotations
 
+import lightning as L
 import pyarrow as pa
 import pytest
+import torch
 
 from data_gen.generate import GenConfig, generate
 from nif_lightning.data import DataConfig, NifDataModule, is_validation
@@ -98,3 +101,75 @@ def test_bad_folders_fail_before_any_model_loads(tmp_path, env):
 def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         DataConfig(**kwargs)
+
+
+class _Crash(Exception):
+    pass
+
+
+class _Probe(L.LightningModule):
+    """Records the first token ids of every batch it trains on; crashes at `crash_at` if set."""
+
+    def __init__(self, seen: list, crash_at: int | None = None) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen, self.crash_at = seen, crash_at
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.crash_at:
+            raise _Crash
+        self.seen.append((self.current_epoch, _ids(batch)[:8]))
+        return (self.w - 1.0).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit(dm, seen, out, steps, *, crash_at=None, resume=False):
+    trainer = L.Trainer(
+        max_steps=steps,
+        max_epochs=-1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(out, save_last=True, every_n_train_steps=1)],
+    )
+    ckpt = str(out / "last.ckpt") if resume else None
+    trainer.fit(_Probe(seen, crash_at), datamodule=dm, ckpt_path=ckpt)
+
+
+@pytest.mark.parametrize("crash_epoch_offset", [3, 0])  # mid-epoch; at an epoch boundary
+def test_resume_mid_epoch_repeats_and_skips_no_batch(env, tmp_path, crash_epoch_offset):
+    data, tiny = env
+    cfg = DataConfig(cutoff_len=96, micro_batch_size=2, val_fraction=0.0, seed=3)
+    dm = NifDataModule(data, tiny, cfg)
+    dm.setup()
+    per_epoch = len(dm.train_dataloader())
+    steps = 2 * per_epoch + 2  # two whole epochs and the start of a third
+
+    straight: list = []
+    _fit(NifDataModule(data, tiny, cfg), straight, tmp_path / "a", steps)
+    assert len(straight) == steps
+
+    crash_at = per_epoch + crash_epoch_offset  # a crash in the second epoch
+    resumed: list = []
+    with pytest.raises(_Crash):
+        _fit(NifDataModule(data, tiny, cfg), resumed, tmp_path / "b", steps, crash_at=crash_at)
+    assert len(resumed) == crash_at
+    _fit(NifDataModule(data, tiny, cfg), resumed, tmp_path / "b", steps, resume=True)
+    assert resumed == straight  # same batches, same order, each exactly once
+
+
+def test_resume_on_another_world_size_restarts_the_epoch(env):
+    data, tiny = env
+    dm = NifDataModule(data, tiny, DataConfig(cutoff_len=96, micro_batch_size=2, seed=3))
+    dm.setup()
+    full = [_ids(b) for b in dm.train_dataloader()]
+    dm.load_state_dict({"epoch": 0, "batches_trained": 3, "world": 1})
+    assert [_ids(b) for b in dm.train_dataloader()] == full[3:]  # same world: goes on
+    assert [_ids(b) for b in dm.train_dataloader()] == full  # only once: the next epoch is whole
+    with pytest.warns(UserWarning, match="saved on 4"):
+        dm.load_state_dict({"epoch": 0, "batches_trained": 3, "world": 4})
+    assert [_ids(b) for b in dm.train_dataloader()] == full
