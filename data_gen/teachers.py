@@ -394,6 +394,18 @@ class _HttpTeacher(Teacher):
         return reason
 
 
+def _openai_completion(body: dict[str, Any], text_of) -> Completion:
+    """The first choice of an OpenAI-format body; `text_of(choice)` differs by endpoint."""
+    choice = body["choices"][0]
+    usage = body.get("usage") or {}
+    return Completion(
+        str(text_of(choice)),
+        str(choice.get("finish_reason") or "unknown"),
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+    )
+
+
 class OpenAIChatTeacher(_HttpTeacher):
     """/v1/chat/completions: the first half is the user message, with no instruction."""
 
@@ -412,14 +424,7 @@ class OpenAIChatTeacher(_HttpTeacher):
         }
 
     def _parse(self, body: dict[str, Any]) -> Completion:
-        choice = body["choices"][0]
-        usage = body.get("usage") or {}
-        return Completion(
-            str(choice["message"].get("content") or ""),
-            str(choice.get("finish_reason") or "unknown"),
-            int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0),
-        )
+        return _openai_completion(body, lambda choice: choice["message"].get("content") or "")
 
 
 class OpenAICompletionsTeacher(_HttpTeacher):
@@ -436,14 +441,7 @@ class OpenAICompletionsTeacher(_HttpTeacher):
         }
 
     def _parse(self, body: dict[str, Any]) -> Completion:
-        choice = body["choices"][0]
-        usage = body.get("usage") or {}
-        return Completion(
-            str(choice["text"]),
-            str(choice.get("finish_reason") or "unknown"),
-            int(usage.get("prompt_tokens") or 0),
-            int(usage.get("completion_tokens") or 0),
-        )
+        return _openai_completion(body, lambda choice: choice["text"])
 
 
 class AnthropicTeacher(_HttpTeacher):
