@@ -41,7 +41,7 @@ setup(
         # DeepSpeed builds against the installed torch: install it with
         # `DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed` (see README).
         "deepspeed": ["deepspeed>=0.14"],
-        "eval": ["lm-eval>=0.4.13"],  # nif eval --suite oll / --ifeval-backend lm-eval
+        "eval": ["lm-eval[ifeval]>=0.4.13"],  # oll and ifeval suites; langdetect for IFEval
     },
     entry_points={"console_scripts": ["nif = nif_lightning.cli:main"]},
 )

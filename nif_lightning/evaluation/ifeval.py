@@ -9,8 +9,10 @@ follows an instruction when the checker says so. IFEval reports four numbers:
     prompt_level_loose    the same after forgiving Markdown emphasis and a preamble/sign-off
     inst_level_loose      (a loose pass: any of the response variants in `_loose_variants`)
 
-Only a subset of IFEval's instruction ids is implemented (`CHECKERS`); a prompt file naming any
-other id is refused up front, before a model answers anything.
+All 25 of IFEval's instruction ids are implemented (`CHECKERS`), so IFEval's own
+`input_data.jsonl` scores offline; a prompt file naming an unknown id is refused up front, before
+a model answers anything. Unlike IFEval, the case checks do not also ask langdetect whether the
+answer is English.
 """
 
 from __future__ import annotations
@@ -67,8 +69,13 @@ def _number_sentences(response: str, *, num_sentences: int, relation: str) -> bo
 
 
 def _number_paragraphs(response: str, *, num_paragraphs: int) -> bool:
-    # IFEval separates paragraphs with the Markdown divider `***`; an empty one fails.
-    parts = re.split(r"\s?\*\*\*\s?", response.strip())
+    # IFEval separates paragraphs with the Markdown divider `***`; an empty paragraph fails,
+    # except before the first divider or after the last one (a stray leading/trailing `***`).
+    parts = re.split(r"\s?\*\*\*\s?", response)
+    while parts and not parts[0].strip():
+        parts = parts[1:]
+    while parts and not parts[-1].strip():
+        parts = parts[:-1]
     return len(parts) == num_paragraphs and all(p.strip() for p in parts)
 
 
@@ -127,7 +134,69 @@ def _highlighted_sections(response: str, *, num_highlights: int) -> bool:
     return len(found) >= num_highlights
 
 
-# IFEval instruction id -> (checker, the kwargs it needs).
+def _letter_frequency(response: str, *, letter: str, let_frequency: int, let_relation: str) -> bool:
+    return _compare(response.lower().count(letter.lower()), let_relation, let_frequency)
+
+
+def _capital_word_frequency(
+    response: str, *, capital_frequency: int, capital_relation: str
+) -> bool:
+    capitals = [w for w in _words(response) if w.isupper()]
+    return _compare(len(capitals), capital_relation, capital_frequency)
+
+
+def _response_language(response: str, *, language: str) -> bool:
+    from langdetect import DetectorFactory, LangDetectException, detect
+
+    DetectorFactory.seed = 0  # langdetect samples; a fixed seed makes the verdict repeatable
+    try:
+        return detect(response) == language
+    except LangDetectException:
+        return True  # IFEval: text with no detectable language (digits, symbols) is not penalised
+
+
+def _nth_paragraph_first_word(
+    response: str, *, num_paragraphs: int, nth_paragraph: int, first_word: str
+) -> bool:
+    # Here paragraphs are separated by blank lines, not `***`.
+    paragraphs = re.split(r"\n\n", response)
+    if sum(1 for p in paragraphs if p.strip()) != num_paragraphs:
+        return False
+    if not 1 <= nth_paragraph <= len(paragraphs) or not paragraphs[nth_paragraph - 1].strip():
+        return False
+    word = paragraphs[nth_paragraph - 1].split()[0].lstrip("'\"")
+    word = re.split(r"[.,?!'\"]", word, maxsplit=1)[0]
+    return word.lower() == first_word.lower()
+
+
+def _placeholders(response: str, *, num_placeholders: int) -> bool:
+    return len(re.findall(r"\[.*?\]", response)) >= num_placeholders
+
+
+_CONSTRAINED = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
+
+
+def _constrained_response(response: str) -> bool:
+    return any(option in response.strip() for option in _CONSTRAINED)
+
+
+def _multiple_sections(response: str, *, section_spliter: str, num_sections: int) -> bool:
+    # `section_spliter` (sic) is IFEval's kwarg name; sections read "SECTION 1", "SECTION 2", ...
+    parts = re.split(r"\s?" + re.escape(section_spliter) + r"\s?\d+\s?", response)
+    return len(parts) - 1 >= num_sections
+
+
+def _two_responses(response: str) -> bool:
+    answers = [a.strip() for a in response.split("******")]
+    answers = [a for a in answers if a]
+    return len(answers) == 2 and answers[0] != answers[1]
+
+
+def _repeat_prompt(response: str, *, prompt_to_repeat: str) -> bool:
+    return response.strip().lower().startswith(prompt_to_repeat.strip().lower())
+
+
+# IFEval instruction id -> (checker, the kwargs it needs): all 25 of IFEval's ids.
 CHECKERS: dict[str, tuple[Callable[..., bool], tuple[str, ...]]] = {
     "punctuation:no_comma": (_no_comma, ()),
     "change_case:english_lowercase": (_lowercase, ()),
@@ -145,7 +214,29 @@ CHECKERS: dict[str, tuple[Callable[..., bool], tuple[str, ...]]] = {
     "startend:end_checker": (_end_checker, ("end_phrase",)),
     "startend:quotation": (_quotation, ()),
     "detectable_content:postscript": (_postscript, ("postscript_marker",)),
+    "detectable_content:number_placeholders": (_placeholders, ("num_placeholders",)),
+    "detectable_format:constrained_response": (_constrained_response, ()),
+    "detectable_format:multiple_sections": (
+        _multiple_sections,
+        ("section_spliter", "num_sections"),
+    ),
+    "keywords:letter_frequency": (
+        _letter_frequency,
+        ("letter", "let_frequency", "let_relation"),
+    ),
+    "change_case:capital_word_frequency": (
+        _capital_word_frequency,
+        ("capital_frequency", "capital_relation"),
+    ),
+    "language:response_language": (_response_language, ("language",)),
+    "length_constraints:nth_paragraph_first_word": (
+        _nth_paragraph_first_word,
+        ("num_paragraphs", "nth_paragraph", "first_word"),
+    ),
+    "combination:two_responses": (_two_responses, ()),
+    "combination:repeat_prompt": (_repeat_prompt, ("prompt_to_repeat",)),
 }
+_RELATION_KWARGS = ("relation", "let_relation", "capital_relation")
 
 
 def check_instruction(instruction_id: str, response: str, kwargs: dict[str, Any]) -> bool:
@@ -198,12 +289,25 @@ def load_prompts(path: str | Path) -> list[IFEvalPrompt]:
             missing = [k for k in CHECKERS[iid][1] if k not in kw]
             if missing:
                 raise ValueError(f"{where}: {iid} needs kwargs {missing}")
-            if "relation" in CHECKERS[iid][1] and kw["relation"] not in _RELATIONS:
-                raise ValueError(f"{where}: {iid} relation must be one of {_RELATIONS}")
+            for key in set(_RELATION_KWARGS) & set(CHECKERS[iid][1]):
+                if kw[key] not in _RELATIONS:
+                    raise ValueError(f"{where}: {iid} {key} must be one of {_RELATIONS}")
+            if iid == "language:response_language":
+                _require_langdetect(where)
         prompts.append(IFEvalPrompt(str(rec["key"]), rec["prompt"], tuple(ids), tuple(kwargs)))
     if not prompts:
         raise ValueError(f"IFEval prompt file {str(path)!r} holds no prompts")
     return prompts
+
+
+def _require_langdetect(where: str) -> None:
+    try:
+        import langdetect  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"{where}: language:response_language needs langdetect: "
+            "pip install 'nif-lightning[eval]'"
+        ) from None
 
 
 def score(prompts: list[IFEvalPrompt], responses: dict[str, str]) -> dict[str, Any]:

@@ -60,13 +60,13 @@ def test_eval_end_to_end_and_rerun(tiny, tmp_path, monkeypatch, capsys):
         assert main(_args(tiny, out, server.url, "--name", "base")) == 0
         assert server.requests == 16  # 8 questions x 2 turns
     assert len((out / "answers.jsonl").read_text().splitlines()) == 16
-    assert len((out / "ifeval_answers.jsonl").read_text().splitlines()) == 11
+    assert len((out / "ifeval_answers.jsonl").read_text().splitlines()) == 17
     assert len((out / "verdicts.jsonl").read_text().splitlines()) == 16
     result = json.loads((out / "eval.json").read_text())
     assert result["name"] == "base" and result["template"] == "one_shot"  # no chat template
     assert set(result["suites"]) == {"ifeval", "judge"}
     assert result["suites"]["judge"]["single"]["score"] == 5.0
-    assert result["suites"]["ifeval"]["prompts"] == 11
+    assert result["suites"]["ifeval"]["prompts"] == 17
     assert json.loads(capsys.readouterr().out)["suites"]["judge"]["single"]["graded"] == 16
 
     # Everything is cached: the rerun loads no model and asks the judge nothing new; a

@@ -70,11 +70,73 @@ CASES = {
         "See you there.\nP.S. Bring a hat.",
         "See you there. Bring a hat.",
     ),
+    "detectable_content:number_placeholders": (
+        {"num_placeholders": 2},
+        "Dear [name], meet me at [address].",
+        "Dear [name], meet me at the pier.",
+    ),
+    "detectable_format:constrained_response": (
+        {},
+        "Tides follow the moon. My answer is yes.",
+        "Yes, tides follow the moon.",
+    ),
+    "detectable_format:multiple_sections": (
+        {"section_spliter": "SECTION", "num_sections": 2},
+        "SECTION 1\nFlour and water.\nSECTION 2\nBake it.",
+        "SECTION 1\nFlour and water, then bake it.",
+    ),
+    "keywords:letter_frequency": (
+        {"letter": "z", "let_frequency": 3, "let_relation": "at least"},
+        "Zebras zigzag in the haze.",
+        "Zebras run in the haze.",
+    ),
+    "change_case:capital_word_frequency": (
+        {"capital_frequency": 2, "capital_relation": "less than"},
+        "Only ONE shout here.",
+        "NASA and ESA both LAUNCH rockets.",
+    ),
+    "language:response_language": (
+        {"language": "de"},
+        "Der Hund schläft den ganzen Tag im Garten, weil die Sonne scheint und es warm ist.",
+        "The dog sleeps all day in the garden because the sun is shining and it is warm.",
+    ),
+    "length_constraints:nth_paragraph_first_word": (
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "salt"},
+        'Boil the water.\n\n"Salt it," the cook said.',
+        "Boil the water.\n\nThen salt it.",
+    ),
+    "combination:two_responses": (
+        {},
+        "Bake at dawn.\n******\nBake at dusk.",
+        "Bake at dawn.\n******\nBake at dawn.",
+    ),
+    "combination:repeat_prompt": (
+        {"prompt_to_repeat": "Name a river."},
+        "Name a river. The Danube.",
+        "The Danube.",
+    ),
 }
 
 
 def test_every_checker_has_a_case():
     assert set(CASES) == set(CHECKERS)
+    assert len(CHECKERS) == 25  # all of IFEval's instruction ids
+
+
+def test_checker_edge_cases_follow_ifeval():
+    paragraphs = {"num_paragraphs": 2}
+    # A stray divider before the first or after the last paragraph is forgiven, not between.
+    assert check_instruction("length_constraints:number_paragraphs", "***\nA.\n***\nB.", paragraphs)
+    assert check_instruction("length_constraints:number_paragraphs", "A.\n***\nB.\n***", paragraphs)
+    three = "A.\n***\n\n***\nB."
+    assert not check_instruction("length_constraints:number_paragraphs", three, paragraphs)
+    nth = {"num_paragraphs": 3, "nth_paragraph": 2, "first_word": "salt"}
+    # The paragraph count must match too, not only the first word.
+    assert not check_instruction(
+        "length_constraints:nth_paragraph_first_word", "Boil.\n\nSalt it.", nth
+    )
+    # No detectable language (only digits) is not held against the answer, as in IFEval.
+    assert check_instruction("language:response_language", "12345", {"language": "fr"})
 
 
 @pytest.mark.parametrize("iid", sorted(CASES))
