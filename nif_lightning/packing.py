@@ -24,13 +24,27 @@ import torch
 IGNORE = -100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Sample:
-    input_ids: list[int]
-    labels: list[int]
+    """One tokenized example: `input_ids` whose first `prompt_len` tokens are the prompt (no loss).
+
+    Stored as an int32 tensor: ~7 bytes a token with its overhead, against ~48 as Python lists
+    (measured on 600-token samples), so the paper's 80k samples take ~0.35 GB per rank, not
+    ~2.3 GB (and each of 8 ranks holds a copy).
+    """
+
+    input_ids: torch.Tensor
+    prompt_len: int
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return self.input_ids.numel()
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """int64 targets: IGNORE over the prompt, the tokens themselves over the response."""
+        labels = self.input_ids.long()  # a copy
+        labels[: self.prompt_len] = IGNORE
+        return labels
 
 
 def split_budget(prompt_len: int, response_len: int, cutoff_len: int) -> tuple[int, int]:
@@ -51,7 +65,7 @@ def vanilla_sample(
     response = list(response_ids) + [eos_id]
     p_max, r_max = split_budget(len(prompt_ids), len(response), cutoff_len)
     prompt, response = list(prompt_ids[:p_max]), response[:r_max]
-    return Sample(prompt + response, [IGNORE] * len(prompt) + response)
+    return Sample(torch.tensor(prompt + response, dtype=torch.int32), len(prompt))
 
 
 def pack(lengths: Sequence[int], budget: int, seed: int) -> list[list[int]]:
@@ -80,23 +94,21 @@ def pack(lengths: Sequence[int], budget: int, seed: int) -> list[list[int]]:
 
 def collate_packed(samples: Sequence[Sample]) -> dict:
     """One packed row (1, T) with per-sample positions and varlen boundaries."""
-    ids = [t for s in samples for t in s.input_ids]
-    labels = [t for s in samples for t in s.labels]
-    positions = [p for s in samples for p in range(len(s))]
-    lengths = [len(s) for s in samples]
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    longest = max(lengths)
+    lengths = torch.tensor([len(s) for s in samples])
+    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+    longest = int(lengths.max())
+    tokens = int(cu[-1])
     return {
         "inputs": {
-            "input_ids": torch.tensor([ids]),
-            "labels": torch.tensor([labels]),
-            "position_ids": torch.tensor([positions]),
+            "input_ids": torch.cat([s.input_ids for s in samples]).long()[None],
+            "labels": torch.cat([s.labels for s in samples])[None],
+            "position_ids": torch.cat([torch.arange(len(s)) for s in samples])[None],
             "cu_seq_lens_q": cu,
             "cu_seq_lens_k": cu,
             "max_length_q": longest,
             "max_length_k": longest,
         },
-        "stats": _stats(len(ids), len(ids), len(samples), labels),
+        "stats": _stats(tokens, tokens, samples),
     }
 
 
@@ -107,11 +119,10 @@ def collate_padded(samples: Sequence[Sample], pad_id: int) -> dict:
     labels = torch.full((len(samples), width), IGNORE)
     mask = torch.zeros((len(samples), width), dtype=torch.long)
     for row, s in enumerate(samples):
-        ids[row, : len(s)] = torch.tensor(s.input_ids)
-        labels[row, : len(s)] = torch.tensor(s.labels)
+        ids[row, : len(s)] = s.input_ids
+        labels[row, : len(s)] = s.labels
         mask[row, : len(s)] = 1
     positions = torch.arange(width).expand(len(samples), width).clone()
-    flat_labels = [t for s in samples for t in s.labels]
     return {
         "inputs": {
             "input_ids": ids,
@@ -119,14 +130,14 @@ def collate_padded(samples: Sequence[Sample], pad_id: int) -> dict:
             "attention_mask": mask,
             "position_ids": positions,
         },
-        "stats": _stats(int(mask.sum()), mask.numel(), len(samples), flat_labels),
+        "stats": _stats(int(mask.sum()), mask.numel(), samples),
     }
 
 
-def _stats(tokens: int, slots: int, samples: int, labels: Sequence[int]) -> dict[str, int]:
+def _stats(tokens: int, slots: int, samples: Sequence[Sample]) -> dict[str, int]:
     return {
         "tokens": tokens,
         "slots": slots,
-        "samples": samples,
-        "loss_tokens": sum(1 for t in labels if t != IGNORE),
+        "samples": len(samples),
+        "loss_tokens": sum(len(s) - s.prompt_len for s in samples),
     }

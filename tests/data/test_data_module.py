@@ -37,7 +37,9 @@ def test_split_and_batches_are_deterministic(env):
     assert is_validation("doc-1", 0.5) == is_validation("doc-1", 0.5)
     c = NifDataModule(data, tiny, DataConfig(cutoff_len=96, val_fraction=0.1, seed=6))
     c.setup()
-    assert [s.input_ids for s in c.val_samples] == [s.input_ids for s in a.val_samples]
+    assert [s.input_ids.tolist() for s in c.val_samples] == [
+        s.input_ids.tolist() for s in a.val_samples
+    ]
     # Every packed batch stays within the token budget; no padding is computed.
     for batch in a.train_dataloader():
         assert batch["stats"]["tokens"] == batch["stats"]["slots"] <= 3 * 96

@@ -49,8 +49,8 @@ def _samples(seed=0, n=4):
 def _alone_loss(model, samples):
     total = count = 0.0
     for s in samples:
-        out = model(input_ids=torch.tensor([s.input_ids]), labels=torch.tensor([s.labels]))
-        k = sum(1 for t in s.labels[1:] if t != IGNORE)
+        out = model(input_ids=s.input_ids.long()[None], labels=s.labels[None])
+        k = int((s.labels[1:] != IGNORE).sum())
         total += out.loss.item() * k
         count += k
     return total / count
@@ -102,8 +102,8 @@ def test_positions_restart_and_boundaries_carry_no_loss():
 
 def test_vanilla_template_exact_ids():
     s = vanilla_sample([11, 12, 13], [21, 22], eos_id=2, cutoff_len=100)
-    assert s.input_ids == [11, 12, 13, 21, 22, 2]  # no BOS, EOS last
-    assert s.labels == [IGNORE, IGNORE, IGNORE, 21, 22, 2]
+    assert s.input_ids.tolist() == [11, 12, 13, 21, 22, 2]  # no BOS, EOS last
+    assert s.labels.tolist() == [IGNORE, IGNORE, IGNORE, 21, 22, 2]
 
 
 @pytest.mark.parametrize(
@@ -138,7 +138,8 @@ def test_bin_packing_is_complete_tight_and_seeded():
 
 
 def test_padded_batch_stats():
-    batch = collate_padded([Sample([5, 6, 7], [IGNORE, 6, 7]), Sample([8], [IGNORE])], pad_id=1)
+    samples = [Sample(torch.tensor([5, 6, 7]), 1), Sample(torch.tensor([8]), 1)]
+    batch = collate_padded(samples, pad_id=1)
     assert batch["inputs"]["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
     assert batch["inputs"]["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["stats"] == {"tokens": 4, "slots": 6, "samples": 2, "loss_tokens": 2}
