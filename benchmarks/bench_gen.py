@@ -171,7 +171,7 @@ def bench(latency: float, concurrency: int, n: int, reps: int, work: Path) -> di
     return row
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--latency", type=float, nargs="+", default=[0.5, 0.0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_table(rows, columns))
     if not args.no_write:
         print("rows appended to", write_rows("gen", rows))
+    return rows
 
 
 if __name__ == "__main__":

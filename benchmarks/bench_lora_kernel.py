@@ -98,7 +98,7 @@ def bench(K, N, r, tokens, dtype, device, backend):
     return out
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -158,6 +158,7 @@ def main(argv=None) -> None:
     print(markdown_table(rows, cols))
     if not args.no_write:
         print("rows written to", write_rows("lora_kernel", rows))
+    return rows
 
 
 if __name__ == "__main__":

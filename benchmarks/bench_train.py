@@ -110,7 +110,7 @@ def compare(variants: dict, steps: dict, device: str, rounds: int) -> dict:
     return result
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -166,10 +166,8 @@ def main(argv=None) -> None:
         "packed_budget_fill": sum(len(s) for s in samples)
         / (len(packed) * args.micro_batch * args.cutoff),
     }
-    rows = [
-        {"variant": k, "model": args.model or "tiny", "dtype": dtype, **v}
-        for k, v in results.items()
-    ]
+    tag = {"model": args.model or "tiny", "dtype": dtype}
+    rows = [{"variant": k, **tag, **v} for k, v in results.items()]
     print(
         markdown_table(
             rows, ["variant", "tokens_per_s", "processed_tokens_per_s", "non_padding_share"]
@@ -177,9 +175,10 @@ def main(argv=None) -> None:
     )
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
+    rows.append({"variant": "ratios", **tag, **ratios})
     if not args.no_write:
-        rows.append({"variant": "ratios", "model": args.model or "tiny", "dtype": dtype, **ratios})
         print("rows written to", write_rows("train", rows))
+    return rows
 
 
 if __name__ == "__main__":

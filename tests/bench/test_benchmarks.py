@@ -1,0 +1,44 @@
+"""The benchmarks run end to end on CPU with small settings, so they cannot rot, and their rows
+hold figures that are physically possible. (Speed itself is never asserted.)"""
+
+from __future__ import annotations
+
+from benchmarks import bench_gen, bench_lora_kernel, bench_train
+
+
+def test_bench_gen_rows():
+    rows = bench_gen.main(
+        ["--latency", "0.05", "0", "--concurrency", "4", "--rounds", "3", "--requests", "40"]
+        + ["--reps", "1", "--no-write"]
+    )
+    assert [(r["latency_s"], r["concurrency"]) for r in rows] == [(0.05, 4), (0.0, 4)]
+    for r in rows:
+        assert r["baseline_per_s"] > 0 and r["teacher_per_s"] > 0 and r["ours_per_s"] > 0
+    # With C requests in flight, each taking >= the latency, no client beats C / latency.
+    slow = rows[0]
+    assert slow["little_bound_per_s"] == 4 / 0.05
+    assert slow["ours_vs_bound"] <= 1.0 and slow["baseline_per_s"] <= slow["little_bound_per_s"]
+
+
+def test_bench_lora_kernel_rows():
+    rows = bench_lora_kernel.main(["--quick", "--no-write"])
+    assert len(rows) == 4  # 2 projections x 2 ranks
+    for r in rows:
+        for name in ("ours", "peft", "unfused"):
+            assert r[f"{name}_fwd_ms"] > 0 and r[f"{name}_fwdbwd_ms"] > 0
+        assert r["speedup_fwdbwd_vs_peft"] == r["peft_fwdbwd_ms"] / r["ours_fwdbwd_ms"]
+
+
+def test_bench_train_rows():
+    rows = bench_train.main(
+        ["--steps", "1", "--rounds", "1", "--samples", "48", "--cutoff", "256"]
+        + ["--micro-batch", "2", "--no-write"]
+    )
+    by = {r["variant"]: r for r in rows}
+    assert set(by) == {"a_hf_peft_padded", "b_ours_padded", "c_ours_packed", "ratios"}
+    assert by["c_ours_packed"]["non_padding_share"] == 1.0  # packing computes no padding
+    padded = by["b_ours_padded"]["non_padding_share"]
+    assert padded == by["a_hf_peft_padded"]["non_padding_share"] and 0 < padded < 1
+    assert 0.5 < by["ratios"]["packed_budget_fill"] <= 1.0
+    for v in ("a_hf_peft_padded", "b_ours_padded", "c_ours_packed"):
+        assert 0 < by[v]["tokens_per_s"] <= by[v]["processed_tokens_per_s"]
