@@ -6,7 +6,9 @@ The shards are the record of finished work (see `shards.py`). A run:
    remains), and refuses to continue a folder generated with a different configuration, saying
    which settings differ (operational settings — concurrency, rate limits, retries, servers —
    may change between runs: they do not change the data);
-2. samples and cuts the documents (deterministic: same arguments, same examples);
+2. samples and cuts the documents (deterministic: same arguments, same examples) and keeps
+   them in `sample.arrow`, so a resumed run does not read the corpus again (for OpenWebText
+   that read is the whole split);
 3. skips every id already in a shard, and sends the rest through `concurrency` asyncio workers;
    each answer is buffered and written with the next shard, each failure is recorded in
    `failures.jsonl` (retried by the next run, since it is in no shard);
@@ -27,9 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from data_gen.corpus import SkipCounts, check_source, iter_documents
 from data_gen.sampling import Example, cut_document, sample_documents
-from data_gen.shards import DirLock, ShardWriter, read_ids, token_totals, write_json_atomic
+from data_gen.shards import (
+    DirLock,
+    ShardWriter,
+    read_ids,
+    read_table,
+    token_totals,
+    write_json_atomic,
+    write_table_atomic,
+)
 from data_gen.teachers import RequestFailed, RunStopped, TeacherConfig, make_teacher
 
 # Settings that may change between runs on the same folder: they change how fast the data is
@@ -115,8 +127,23 @@ class GenStats:
         return self.stopped is None and self.failed == 0
 
 
-def prepare_examples(cfg: GenConfig) -> tuple[list[Example], SkipCounts]:
+# The settings that decide which examples a run makes (the key of `sample.arrow`).
+SAMPLE_KEYS = (
+    "corpus",
+    "num_docs",
+    "seed",
+    "text_field",
+    "id_field",
+    "split_min",
+    "split_max",
+    "min_words",
+)
+
+
+def prepare_examples(cfg: GenConfig, *, progress: bool = False) -> tuple[list[Example], SkipCounts]:
     """The sampled, cut examples; raises before any request when nothing usable remains."""
+    from tqdm import tqdm
+
     skipped = SkipCounts()
     docs = iter_documents(
         cfg.corpus,
@@ -125,6 +152,7 @@ def prepare_examples(cfg: GenConfig) -> tuple[list[Example], SkipCounts]:
         id_field=cfg.id_field,
         min_words=cfg.min_words,
     )
+    docs = tqdm(docs, desc="reading corpus", unit="doc", disable=not progress, leave=False)
     sample = sample_documents(docs, cfg.num_docs, cfg.seed)
     if not sample:
         raise ValueError(
@@ -133,6 +161,29 @@ def prepare_examples(cfg: GenConfig) -> tuple[list[Example], SkipCounts]:
         )
     examples = [cut_document(d, cfg.seed, cfg.split_min, cfg.split_max) for d in sample]
     return examples, skipped
+
+
+def _sample_key(cfg: GenConfig) -> str:
+    return json.dumps({k: getattr(cfg, k) for k in SAMPLE_KEYS}, sort_keys=True)
+
+
+def load_sample(out: Path, cfg: GenConfig) -> tuple[list[Example], SkipCounts] | None:
+    """The examples an earlier run on `out` sampled with the same settings, or None."""
+    path = out / "sample.arrow"
+    if not path.is_file():
+        return None
+    table = read_table(path)
+    meta = table.schema.metadata or {}
+    if meta.get(b"sample_key", b"").decode() != _sample_key(cfg):
+        return None
+    examples = [Example(**row) for row in table.to_pylist()]
+    return examples, SkipCounts(json.loads(meta[b"skipped"]))
+
+
+def save_sample(out: Path, cfg: GenConfig, examples: list[Example], skipped: SkipCounts) -> None:
+    columns = {f: [getattr(ex, f) for ex in examples] for f in ("id", "prompt", "reference")}
+    metadata = {"sample_key": _sample_key(cfg), "skipped": json.dumps(dict(skipped))}
+    write_table_atomic(out / "sample.arrow", pa.table(columns).replace_schema_metadata(metadata))
 
 
 def check_resume(out: Path, cfg: GenConfig) -> None:
@@ -165,8 +216,11 @@ def generate(cfg: GenConfig, *, progress: bool = True) -> GenStats:
     """Run (or resume) the generation described by `cfg`."""
     out = Path(cfg.out)
     check_resume(out, cfg)
-    examples, skipped = prepare_examples(cfg)
+    cached = load_sample(out, cfg)
+    examples, skipped = cached or prepare_examples(cfg, progress=progress)
     with DirLock(out):
+        if cached is None:
+            save_sample(out, cfg, examples, skipped)
         return asyncio.run(_generate(cfg, out, examples, skipped, progress))
 
 

@@ -242,3 +242,25 @@ def test_export_llamafactory_loads_with_datasets(tmp_path):
     prompts = {r["prompt"]: r["completion"] for r in rows.values()}
     assert all(prompts[r["instruction"]] == r["output"] and r["input"] == "" for r in ds)
     assert not [p for p in out.iterdir() if re.search(r"\.tmp$", p.name)]
+
+
+def test_a_resumed_run_reuses_its_sample_instead_of_reading_the_corpus(tmp_path, monkeypatch):
+    import data_gen.generate as gen
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": _text(i)}) + "\n" for i in range(40)))
+    cfg = GenConfig(corpus=str(corpus), out=str(tmp_path / "o"), num_docs=12, seed=1)
+    first = gen.prepare_examples(cfg)
+    generate(cfg, progress=False)
+    assert gen.load_sample(tmp_path / "o", cfg) == first  # kept with the skip counts
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the corpus was read again")
+
+    monkeypatch.setattr(gen, "iter_documents", no_reading)
+    (tmp_path / "o" / "shards" / "part-00000.arrow").unlink()  # as if those rows were lost
+    stats = generate(cfg, progress=False)
+    assert stats.sampled == 12 and stats.new == 12 and len(read_rows(tmp_path / "o")) == 12
+    # Other sampling settings do not match the kept sample: it is not used.
+    other = GenConfig(corpus=str(corpus), out=str(tmp_path / "o"), num_docs=12, seed=2)
+    assert gen.load_sample(tmp_path / "o", other) is None
