@@ -67,7 +67,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gen.add_argument(
-        "--corpus", required=True, help="builtin | hf:NAME[:SPLIT] | .jsonl/.json/.parquet/.txt"
+        "--corpus",
+        required=True,
+        help="builtin | hf:NAME[:SPLIT][@REVISION] | .jsonl/.json/.parquet/.txt file or folder",
     )
     gen.add_argument("--out", required=True, help="output folder (resumable)")
     gen.add_argument("--num-docs", type=int, help="documents to sample (default: all)")

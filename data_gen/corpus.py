@@ -59,8 +59,8 @@ def iter_documents(
 ) -> Iterator[Document]:
     """Usable documents of `src` in a fixed order; unusable ones counted in `skipped`.
 
-    `src` is `builtin`, `hf:NAME[:SPLIT]`, or a local .jsonl/.json/.parquet/.txt file or a
-    folder of them (searched recursively, in sorted path order).
+    `src` is `builtin`, `hf:NAME[:SPLIT][@REVISION]`, or a local .jsonl/.json/.parquet/.txt
+    file or a folder of them (searched recursively, in sorted path order).
     """
     seen: set[str] = set()
     for record in _records(src, skipped, text_field=text_field):
@@ -187,9 +187,33 @@ def _parquet_records(path: Path) -> Iterator[dict]:
         yield from file.read_row_group(i).to_pylist()
 
 
+def parse_hf_spec(spec: str) -> tuple[str, str, str | None]:
+    """`NAME[:SPLIT][@REVISION]` -> (name, split, revision); the split defaults to `train`."""
+    rest, _, revision = spec.partition("@")
+    name, _, split = rest.partition(":")
+    return name, split or "train", revision or None
+
+
 def _hf_records(spec: str) -> Iterator[dict]:
-    """`NAME` or `NAME:SPLIT` (default `train`), streamed so nothing is downloaded up front."""
+    """A Hugging Face dataset split, streamed so nothing is downloaded up front."""
     from datasets import load_dataset
 
-    name, _, split = spec.partition(":")
-    yield from load_dataset(name, split=split or "train", streaming=True)
+    name, split, revision = parse_hf_spec(spec)
+    try:
+        yield from load_dataset(name, split=split, revision=revision, streaming=True)
+    except RuntimeError as err:
+        if "scripts are no longer supported" not in str(err):
+            raise
+        # datasets >= 4 runs no loading scripts; some well-known corpora still ship one.
+        raise ValueError(
+            f"`--corpus hf:{spec}`: this dataset is defined by a loading script, which the "
+            "installed `datasets` no longer runs. Use the Hub's parquet export, "
+            f"`hf:{name}:{split}@refs/convert/parquet` (for very large sets the export may hold "
+            "only part of the data), or a local copy of the files as `--corpus DIR`"
+        ) from None
+    except OSError as err:  # not on the Hub, no network, no local cache
+        raise ValueError(
+            f"`--corpus hf:{spec}`: cannot load it ({err}). Offline, point HF_HOME at a cache "
+            "filled beforehand and set HF_DATASETS_OFFLINE=1, or pass a local copy as "
+            "`--corpus DIR`"
+        ) from None

@@ -63,7 +63,8 @@ class GenConfig:
     """Everything `nif gen` needs. Errors name the flag."""
 
     corpus: str
-    """`builtin`, `hf:NAME[:SPLIT]`, or a .jsonl/.json/.parquet/.txt file or folder (`--corpus`)."""
+    """`builtin`, `hf:NAME[:SPLIT][@REVISION]`, or a .jsonl/.json/.parquet/.txt file or folder
+    (`--corpus`)."""
     out: str
     """Output folder: shards/, manifest.json, failures.jsonl (`--out`)."""
     num_docs: int | None = None

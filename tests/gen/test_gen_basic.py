@@ -264,3 +264,36 @@ def test_a_resumed_run_reuses_its_sample_instead_of_reading_the_corpus(tmp_path,
     # Other sampling settings do not match the kept sample: it is not used.
     other = GenConfig(corpus=str(corpus), out=str(tmp_path / "o"), num_docs=12, seed=2)
     assert gen.load_sample(tmp_path / "o", other) is None
+
+
+def test_hf_corpus_spec_and_load_errors(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    from data_gen.corpus import parse_hf_spec
+
+    assert parse_hf_spec("Skylion007/openwebtext") == ("Skylion007/openwebtext", "train", None)
+    assert parse_hf_spec("a/b:test@refs/convert/parquet") == ("a/b", "test", "refs/convert/parquet")
+    calls = []
+
+    def fake_load(name, split, revision, streaming):
+        calls.append((name, split, revision, streaming))
+        if revision is None:
+            raise RuntimeError("Dataset scripts are no longer supported, but found b.py")
+        return iter([{"text": _text(i)} for i in range(5)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    argv = ["gen", "--corpus", "hf:a/b", "--out", str(tmp_path / "o"), "--quiet"]
+    assert _nif(argv) == 2
+    assert "hf:a/b:train@refs/convert/parquet" in capsys.readouterr().err  # the way out
+    argv[2] = "hf:a/b:train@refs/convert/parquet"
+    assert _nif(argv) == 0 and len(read_rows(tmp_path / "o")) == 5
+    assert calls[-1] == ("a/b", "train", "refs/convert/parquet", True)
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'a/c' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    argv = ["gen", "--corpus", "hf:a/c", "--out", str(tmp_path / "p"), "--quiet"]
+    assert _nif(argv) == 2
+    err = capsys.readouterr().err
+    assert "hf:a/c" in err and "Couldn't reach" in err and "HF_DATASETS_OFFLINE" in err
