@@ -164,7 +164,7 @@ def _eval(args: argparse.Namespace) -> int:
             lm_eval=extra,
             **{k: v for k, v in optional.items() if v is not None},
         )
-    except ValueError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"nif eval: {err}", file=sys.stderr)
         return 2
     return _run(cfg)

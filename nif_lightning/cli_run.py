@@ -44,6 +44,9 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = run_pipeline(cfg)
+    except FileNotFoundError as err:  # the model, checked before the first stage
+        print(f"nif run: {err}", file=sys.stderr)
+        return 2
     except (RuntimeError, ValueError) as err:
         print(f"nif run: {err}", file=sys.stderr)
         return 1

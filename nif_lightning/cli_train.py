@@ -125,19 +125,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _check_inputs(cfg, *, resume: bool) -> None:
     """Bad input fails here, before any model is loaded."""
-    model = Path(cfg.model.path) if cfg.model.path else None
-    if model is None:
+    from nif_lightning.hub import check_model
+
+    if not cfg.model.path:
         raise ValueError("no model: pass `--model` or set `model.path` in the config")
-    if cfg.model.tiny and not model.exists():
-        pass  # written by run_training: the offline tiny model
-    elif model.exists() and not (model / "config.json").is_file():
-        raise FileNotFoundError(f"`--model` {model} has no config.json (not a Hugging Face model)")
-    elif not model.exists() and (
-        cfg.model.path.startswith((".", "/")) or cfg.model.path.count("/") != 1
-    ):
-        raise FileNotFoundError(
-            f"`--model` {model} is neither a local folder nor a hub id (org/name)"
-        )
+    if not (cfg.model.tiny and not Path(cfg.model.path).exists()):  # else run_training writes it
+        check_model(cfg.model.path)
     if not cfg.data.dir:
         raise ValueError("no data: pass `--data` or set `data.dir` in the config")
     data = Path(cfg.data.dir)

@@ -103,13 +103,13 @@ def merge_adapter(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from nif_lightning.hub import check_model
+
     adapter = check_adapter_dir(adapter_dir)
-    target = Path(into) if into is not None else Path(base)
-    for flag, path in (("--base", Path(base)), ("--into", target)):
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"`{flag}` {path} is not a Hugging Face model folder (no config.json)"
-            )
+    target = str(into) if into is not None else str(base)
+    check_model(base, what="`--base`")
+    if into is not None:
+        check_model(into, what="`--into`")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if into is None:

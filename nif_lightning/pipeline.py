@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nif_lightning.config import RUN_SECTIONS, TrainConfig, config_from_dict
+from nif_lightning.hub import check_model
 from nif_lightning.sample import SampleSettings
 
 STAGES = ("gen", "filter", "train", "sample")
@@ -226,6 +227,10 @@ def run_pipeline(cfg: RunConfig, *, log=print) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(run_dir)
     prints = _fingerprints(cfg)
+    model = cfg.train.model
+    if not state.done("train", prints["train"]) and not model.tiny:
+        # Before `gen` spends hours (and money): a gated or misspelled model fails now.
+        check_model(model.path, what="`model.path`")
     summary: dict[str, Any] = {}
     for stage in STAGES:
         if stage == "filter" and cfg.filter_args is None:

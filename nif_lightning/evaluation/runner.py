@@ -21,6 +21,7 @@ from typing import Any
 
 from nif_lightning.evaluation import DATA_DIR
 from nif_lightning.evaluation.generate import GenerateConfig, resolve_template
+from nif_lightning.hub import check_model
 
 SUITES = ("ifeval", "oll", "judge")
 
@@ -61,10 +62,7 @@ class EvalConfig:
         bad = [s for s in self.suites if s not in SUITES]
         if bad or not self.suites:
             raise ValueError(f"`--suite` must be from {SUITES} or all, got {list(self.suites)}")
-        # Not a folder: only a Hugging Face hub id ("org/name") is left to try.
-        hub_id = self.model.count("/") == 1 and not self.model.startswith((".", "/", "~"))
-        if not Path(self.model).is_dir() and not hub_id:
-            raise ValueError(f"`MODEL_DIR` {self.model!r} is not a folder (nor an org/name hub id)")
+        check_model(self.model, what="`MODEL_DIR`")
         if self.adapter is not None and not Path(self.adapter).is_dir():
             raise ValueError(f"`--adapter` {self.adapter!r} is not a folder")
         if self.generate is None:

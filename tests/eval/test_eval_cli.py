@@ -154,7 +154,7 @@ def test_missing_model_dir_refused(tmp_path, capsys):
         "ifeval",
     ]
     assert main(argv) == 2
-    assert "is not a folder (nor an org/name hub id)" in capsys.readouterr().err
+    assert "neither a local folder nor a Hub id" in capsys.readouterr().err
 
 
 def test_shipped_questions_are_two_turn():
