@@ -12,7 +12,8 @@ The shards are the record of finished work (see `shards.py`). A run:
 3. skips every id already in a shard, and sends the rest through `concurrency` asyncio workers;
    each answer is buffered and written with the next shard, each failure is recorded in
    `failures.jsonl` (retried by the next run, since it is in no shard);
-4. stops cleanly on `RunStopped` (spend limit, bad key) or Ctrl-C, writing every finished row;
+4. stops cleanly on `RunStopped` (spend limit, bad key), on Ctrl-C, or when the first
+   `FAIL_FAST` documents all fail (a wrong model or endpoint), writing every finished row;
 5. writes `manifest.json`: the configuration (no secrets) and the counts.
 
 Killing the process at any moment loses at most the rows not yet flushed (at most
@@ -127,6 +128,9 @@ class GenStats:
     def complete(self) -> bool:
         return self.stopped is None and self.failed == 0
 
+
+# A run whose first FAIL_FAST documents all fail, with no answer at all, stops (exit 3).
+FAIL_FAST = 32
 
 # The settings that decide which examples a run makes (the key of `sample.arrow`).
 SAMPLE_KEYS = (
@@ -258,6 +262,15 @@ async def _generate(
                 stats.failed += 1
                 failures.write(json.dumps({"id": ex.id, "reason": str(err)}) + "\n")
                 failures.flush()
+                if stats.new == 0 and stats.failed >= FAIL_FAST and not stop.is_set():
+                    # A wrong model name or endpoint fails every request: say so now rather than
+                    # fail the whole corpus one document at a time.
+                    stats.stopped = (
+                        f"the teacher failed the first {stats.failed} documents and answered "
+                        f"none (last: {err}); check --model / --base-url"
+                    )
+                    stop.set()
+                    return
             except RunStopped as err:
                 stats.stopped = f"{type(err).__name__}: {err}"
                 stop.set()

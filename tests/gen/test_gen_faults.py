@@ -183,3 +183,19 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
         server.wait()
     _assert_exactly_once(out, 80)
     assert not list((out / "shards").glob(".*.tmp"))
+
+
+def test_a_teacher_that_fails_everything_stops_the_run_early(tmp_path):
+    from data_gen.generate import FAIL_FAST
+
+    out = tmp_path / "o"
+    # A wrong model name: every request is refused and retrying cannot help.
+    with FakeTeacherServer(fail_first=1, faults=("400",)) as server:
+        stats = generate(_cfg(out, server.url, n=200, concurrency=2), progress=False)
+        assert server.requests < FAIL_FAST + 2  # not 200 documents, one failure at a time
+    assert stats.stopped and f"failed the first {FAIL_FAST} documents" in stats.stopped
+    assert "HTTP 400" in stats.stopped  # the cause, for the user to fix
+    assert stats.failed == len((out / "failures.jsonl").read_text().splitlines()) < 200
+    with FakeTeacherServer() as server:  # fixed: the next run does everything
+        assert generate(_cfg(out, server.url, n=200), progress=False).complete
+    _assert_exactly_once(out, 200)
