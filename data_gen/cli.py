@@ -22,6 +22,8 @@ examples:
   nif gen --corpus web.jsonl --out runs/vllm --teacher openai-completions \\
       --model meta-llama/Meta-Llama-3-70B --base-url http://gpu1:8000/v1 \\
       --base-url http://gpu2:8000/v1 --concurrency 128
+  nif gen --corpus hf:Skylion007/openwebtext --num-docs 80000 --out runs/owt-batch \\
+      --teacher openai --model gpt-4-0125-preview --batch        # half price, within 24 h
 
 exit codes: 0 complete; 1 some documents failed (re-run to retry them); 2 bad input;
 3 the teacher stopped the run (spend limit or rejected key), finished work kept."""
@@ -85,6 +87,17 @@ def register(subparsers) -> None:
     )
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_teacher_flags(gen)
+    batch = gen.add_argument_group("provider batch API (openai, openai-completions, anthropic)")
+    batch.add_argument(
+        "--batch",
+        action="store_true",
+        help="send as OpenAI Batch / Anthropic Message Batches: half the price, answers within "
+        "24 h; waits for them (stop any time: the same command later collects them)",
+    )
+    batch.add_argument("--batch-size", type=int, default=10_000, help="requests per batch")
+    batch.add_argument(
+        "--poll-seconds", type=float, default=60.0, help="between status checks (default 60)"
+    )
     gen.set_defaults(func=_gen)
 
     flt = subparsers.add_parser(
@@ -149,6 +162,9 @@ def _teacher_config(args: argparse.Namespace, prefix: str = ""):
         max_retries=arg("max_retries"),
         timeout=arg("timeout"),
         backoff=arg("backoff"),
+        batch=getattr(args, f"{prefix}batch", False),
+        batch_size=getattr(args, f"{prefix}batch_size", 10_000),
+        poll_seconds=getattr(args, f"{prefix}poll_seconds", 60.0),
     )
 
 

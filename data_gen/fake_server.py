@@ -20,6 +20,12 @@ Faults, all optional and combinable:
     headers_remaining=True       send OpenAI rate-limit headers
     reply_headers={...} or f(i)  extra headers on the i-th successful reply (rate-limit tests)
 
+Batch APIs (`nif gen --batch`): OpenAI's `POST /v1/files`, `POST /v1/batches`,
+`GET /v1/batches/{id}`, `GET /v1/files/{id}/content`, and Anthropic's `POST /v1/messages/batches`,
+`GET /v1/messages/batches/{id}` and `.../results`. A batch stays in progress for `batch_polls`
+status checks, then ends with every request answered, except every `batch_expire_every`-th
+(expired: no answer) and every `batch_error_every`-th (answered with an error).
+
 Outcomes beyond FAULTS: 429s (retry-after in whole seconds), length (finish_reason `length`),
 spend (the provider's spend-limit 429), 400 (context too long), 401 (rejected key).
 What happened is counted: `requests`, `by_route` (chat / completions / anthropic), `injected`
@@ -44,6 +50,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
 import random
 import threading
 import time
@@ -83,8 +90,12 @@ class FakeTeacherServer:
     seed: int = 0
     host: str = "127.0.0.1"
     port: int = 0
+    batch_polls: int = 0
+    batch_expire_every: int = 0
+    batch_error_every: int = 0
     # What happened, for assertions.
     requests: int = 0
+    batches_created: int = 0
     successes: Counter = field(default_factory=Counter)  # prompt hash -> replies sent
     injected: Counter = field(default_factory=Counter)  # fault kind -> count
     by_route: Counter = field(default_factory=Counter)  # chat / completions / anthropic -> count
@@ -109,6 +120,8 @@ class FakeTeacherServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner = None
+        self._files: dict[str, bytes] = {}
+        self._batches: dict[str, dict] = {}
 
     # ---- the app -------------------------------------------------------------------------------
 
@@ -119,7 +132,140 @@ class FakeTeacherServer:
         app.router.add_post("/v1/chat/completions", self._handle("chat"))
         app.router.add_post("/v1/completions", self._handle("completions"))
         app.router.add_post("/v1/messages", self._handle("anthropic"))
+        # Provider batch APIs (`nif gen --batch`).
+        app.router.add_post("/v1/files", self._upload)
+        app.router.add_get("/v1/files/{id}/content", self._file_content)
+        app.router.add_post("/v1/batches", self._openai_batch)
+        app.router.add_get("/v1/batches/{id}", self._openai_batch_status)
+        app.router.add_post("/v1/messages/batches", self._anthropic_batch)
+        app.router.add_get("/v1/messages/batches/{id}", self._anthropic_batch_status)
+        app.router.add_get("/v1/messages/batches/{id}/results", self._anthropic_results)
         return app
+
+    # ---- batch APIs: every request answered when the batch ends --------------------------------
+
+    async def _upload(self, request):
+        from aiohttp import web
+
+        form = await request.post()
+        file_id = f"file-{len(self._files)}"
+        self._files[file_id] = form["file"].file.read()
+        return web.json_response({"id": file_id, "object": "file", "purpose": form["purpose"]})
+
+    async def _file_content(self, request):
+        from aiohttp import web
+
+        data = self._files.get(request.match_info["id"])
+        if data is None:
+            return _error("chat", 404, "not_found", "no such file")
+        return web.Response(body=data, content_type="application/jsonl")
+
+    def _new_batch(self, prefix: str, requests: list[tuple[str, str, dict]]) -> str:
+        """`requests`: (custom_id, wire format, request body)."""
+        with self._lock:
+            batch_id = f"{prefix}{self.batches_created}"
+            self.batches_created += 1
+        self._batches[batch_id] = {"requests": requests, "polls": 0, "results": None}
+        return batch_id
+
+    def _batch_results(self, batch_id: str) -> list[tuple[str, dict | None, str | None]] | None:
+        """None while in progress; then (custom_id, answer body or None, error or None), with
+        expired requests left out."""
+        batch = self._batches[batch_id]
+        batch["polls"] += 1
+        if batch["polls"] <= self.batch_polls:
+            return None
+        if batch["results"] is None:
+            results = []
+            for k, (custom_id, fmt, body) in enumerate(batch["requests"], start=1):
+                if self.batch_expire_every and k % self.batch_expire_every == 0:
+                    continue
+                if self.batch_error_every and k % self.batch_error_every == 0:
+                    results.append((custom_id, None, "context too long"))
+                    continue
+                prompt = _prompt_of(fmt, body)
+                text = self.reply_fn(prompt) if self.reply_fn else reply_for(prompt)
+                with self._lock:
+                    self.successes[hashlib.sha256(prompt.encode("utf-8")).hexdigest()] += 1
+                results.append((custom_id, _answer(fmt, body, text, "stop", prompt), None))
+            batch["results"] = results
+        return batch["results"]
+
+    async def _openai_batch(self, request):
+        from aiohttp import web
+
+        body = await request.json()
+        fmt = "chat" if body["endpoint"].endswith("/chat/completions") else "completions"
+        lines = self._files[body["input_file_id"]].decode("utf-8").splitlines()
+        requests = [(r["custom_id"], fmt, r["body"]) for r in map(json.loads, lines)]
+        batch_id = self._new_batch("batch_", requests)
+        return web.json_response({"id": batch_id, "object": "batch", "status": "validating"})
+
+    async def _openai_batch_status(self, request):
+        from aiohttp import web
+
+        batch_id = request.match_info["id"]
+        results = self._batch_results(batch_id)
+        if results is None:
+            return web.json_response({"id": batch_id, "status": "in_progress"})
+        out, err = [], []
+        for custom_id, answer, error in results:
+            if answer is not None:
+                out.append(
+                    {"custom_id": custom_id, "response": {"status_code": 200, "body": answer}}
+                )
+            else:
+                body = {"error": {"message": error, "type": "invalid_request_error"}}
+                err.append({"custom_id": custom_id, "response": {"status_code": 400, "body": body}})
+        files = {}
+        for key, records in (("output_file_id", out), ("error_file_id", err)):
+            files[key] = None
+            if records:
+                files[key] = f"file-{key[:3]}-{batch_id}"
+                self._files[files[key]] = "".join(json.dumps(r) + "\n" for r in records).encode()
+        return web.json_response({"id": batch_id, "status": "completed", **files})
+
+    async def _anthropic_batch(self, request):
+        from aiohttp import web
+
+        if "anthropic-version" not in request.headers:
+            return _error("anthropic", 400, "invalid_request_error", "anthropic-version missing")
+        body = await request.json()
+        requests = [(r["custom_id"], "anthropic", r["params"]) for r in body["requests"]]
+        batch_id = self._new_batch("msgbatch_", requests)
+        return web.json_response(
+            {"id": batch_id, "type": "message_batch", "processing_status": "in_progress"}
+        )
+
+    async def _anthropic_batch_status(self, request):
+        from aiohttp import web
+
+        batch_id = request.match_info["id"]
+        ended = self._batch_results(batch_id) is not None
+        return web.json_response(
+            {
+                "id": batch_id,
+                "type": "message_batch",
+                "processing_status": "ended" if ended else "in_progress",
+                "results_url": f"{self.url}/messages/batches/{batch_id}/results" if ended else None,
+            }
+        )
+
+    async def _anthropic_results(self, request):
+        from aiohttp import web
+
+        answered = {cid: (a, e) for cid, a, e in self._batches[request.match_info["id"]]["results"]}
+        lines = []
+        for custom_id, _, _ in self._batches[request.match_info["id"]]["requests"]:
+            if custom_id not in answered:
+                result = {"type": "expired"}
+            elif answered[custom_id][0] is not None:
+                result = {"type": "succeeded", "message": answered[custom_id][0]}
+            else:
+                error = {"type": "invalid_request_error", "message": answered[custom_id][1]}
+                result = {"type": "errored", "error": {"type": "error", "error": error}}
+            lines.append(json.dumps({"custom_id": custom_id, "result": result}) + "\n")
+        return web.Response(text="".join(lines), content_type="application/jsonl")
 
     def _handle(self, fmt: str):
         from aiohttp import web

@@ -9,9 +9,10 @@ The shards are the record of finished work (see `shards.py`). A run:
 2. samples and cuts the documents (deterministic: same arguments, same examples) and keeps
    them in `sample.arrow`, so a resumed run does not read the corpus again (for OpenWebText
    that read is the whole split);
-3. skips every id already in a shard, and sends the rest through `concurrency` asyncio workers;
-   each answer is buffered and written with the next shard, each failure is recorded in
-   `failures.jsonl` (retried by the next run, since it is in no shard);
+3. skips every id already in a shard, and sends the rest through `concurrency` asyncio workers
+   (or, with `--batch`, as provider batches: `batch.py`); each answer is buffered and written
+   with the next shard, each failure is recorded in `failures.jsonl` (retried by the next run,
+   since it is in no shard);
 4. stops cleanly on `RunStopped` (spend limit, bad key), on Ctrl-C, or when the first
    `FAIL_FAST` documents all fail (a wrong model or endpoint), writing every finished row;
 5. writes `manifest.json`: the configuration (no secrets) and the counts.
@@ -32,6 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from data_gen.batch import BatchLedger, BatchRecord, batch_api
 from data_gen.corpus import SkipCounts, check_source, iter_documents
 from data_gen.sampling import Example, cut_document, sample_documents
 from data_gen.shards import (
@@ -43,7 +45,13 @@ from data_gen.shards import (
     write_json_atomic,
     write_table_atomic,
 )
-from data_gen.teachers import RequestFailed, RunStopped, TeacherConfig, make_teacher
+from data_gen.teachers import (
+    Completion,
+    RequestFailed,
+    RunStopped,
+    TeacherConfig,
+    make_teacher,
+)
 
 # Settings that may change between runs on the same folder: they change how fast the data is
 # made, not what it is.
@@ -56,6 +64,9 @@ OPERATIONAL = {
     "backoff",
     "base_urls",
     "api_key_env",
+    "batch",
+    "batch_size",
+    "poll_seconds",
 }
 
 
@@ -221,12 +232,66 @@ def generate(cfg: GenConfig, *, progress: bool = True) -> GenStats:
     """Run (or resume) the generation described by `cfg`."""
     out = Path(cfg.out)
     check_resume(out, cfg)
+    pending = BatchLedger.load(out).pending()
+    if pending and not cfg.teacher.batch:
+        raise ValueError(
+            f"`--out` {out} has {len(pending)} provider batch(es) still pending; re-run with "
+            f"`--batch` to collect them (deleting {out / 'batches.json'} abandons them, "
+            "and their documents would be paid for again)"
+        )
     cached = load_sample(out, cfg)
     examples, skipped = cached or prepare_examples(cfg, progress=progress)
     with DirLock(out):
         if cached is None:
             save_sample(out, cfg, examples, skipped)
         return asyncio.run(_generate(cfg, out, examples, skipped, progress))
+
+
+class _Run:
+    """One run's bookkeeping: rows to the shard writer, failures to failures.jsonl, counts."""
+
+    def __init__(self, out: Path, cfg: GenConfig, stats: GenStats, bar) -> None:
+        self.writer = ShardWriter(out, cfg.shard_rows, cfg.flush_seconds)
+        self.failures = (out / "failures.jsonl").open("w", encoding="utf-8")  # this run's
+        self.stats, self.bar = stats, bar
+        self._last_postfix = 0.0
+
+    def done(self, ex: Example, c: Completion, teacher: str) -> None:
+        self.writer.add(
+            {
+                "id": ex.id,
+                "prompt": ex.prompt,
+                "completion": c.text,
+                "reference": ex.reference,
+                "teacher": teacher,
+                "finish_reason": c.finish_reason,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+            }
+        )
+        self.stats.new += 1
+        reasons = self.stats.finish_reasons
+        reasons[c.finish_reason] = reasons.get(c.finish_reason, 0) + 1
+        self._tick()
+
+    def failed(self, ex: Example, reason: str) -> None:
+        self.stats.failed += 1
+        self.failures.write(json.dumps({"id": ex.id, "reason": reason}) + "\n")
+        self.failures.flush()
+        self._tick()
+
+    def _tick(self) -> None:
+        self.bar.update(1)
+        now = time.monotonic()
+        if not self.bar.disable and now - self._last_postfix > 0.5:  # per row it costs ~20%
+            self._last_postfix = now
+            done = self.stats.already_done + self.stats.new
+            self.bar.set_postfix(done=done, failed=self.stats.failed)
+
+    def close(self) -> None:
+        self.writer.flush()  # every finished row, whatever happened
+        self.failures.close()
+        self.bar.close()
 
 
 async def _generate(
@@ -240,17 +305,36 @@ async def _generate(
         already_done=len(examples) - len(todo),
         skipped=dict(skipped),
     )
-    writer = ShardWriter(out, cfg.shard_rows, cfg.flush_seconds)
     _write_manifest(out, cfg, stats, status="running")
-    failures = (out / "failures.jsonl").open("w", encoding="utf-8")  # this run's failures
-    bar = _progress_bar(len(todo), stats.already_done, enabled=progress)
+    run = _Run(out, cfg, stats, _progress_bar(len(todo), stats.already_done, enabled=progress))
+    try:
+        async with make_teacher(cfg.teacher) as teacher:
+            if cfg.teacher.batch:
+                await _send_batches(teacher, out, todo, run)
+            else:
+                await _send_live(teacher, todo, run, cfg.teacher.concurrency)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        stats.stopped = "interrupted"
+        raise
+    finally:
+        run.close()
+        stats.done = stats.already_done + run.writer.written
+        stats.prompt_tokens, stats.completion_tokens = token_totals(out)  # every run's
+        stats.wall_time_s = round(time.perf_counter() - t0, 3)
+        status = "complete" if stats.complete else ("stopped" if stats.stopped else "incomplete")
+        _write_manifest(out, cfg, stats, status=status)
+    return stats
+
+
+async def _send_live(teacher, todo: list[Example], run: _Run, concurrency: int) -> None:
+    """`concurrency` workers, one request each at a time, until the queue is empty or a stop."""
+    stats = run.stats
     queue: asyncio.Queue[Example] = asyncio.Queue()
     for ex in todo:
         queue.put_nowait(ex)
     stop = asyncio.Event()
-    last_postfix = [0.0]
 
-    async def worker(teacher) -> None:
+    async def worker() -> None:
         while not stop.is_set():
             try:
                 ex = queue.get_nowait()
@@ -259,9 +343,7 @@ async def _generate(
             try:
                 c = await teacher.complete(ex.prompt, reference=ex.reference)
             except RequestFailed as err:
-                stats.failed += 1
-                failures.write(json.dumps({"id": ex.id, "reason": str(err)}) + "\n")
-                failures.flush()
+                run.failed(ex, str(err))
                 if stats.new == 0 and stats.failed >= FAIL_FAST and not stop.is_set():
                     # A wrong model name or endpoint fails every request: say so now rather than
                     # fail the whole corpus one document at a time.
@@ -276,44 +358,64 @@ async def _generate(
                 stop.set()
                 return
             else:
-                writer.add(
-                    {
-                        "id": ex.id,
-                        "prompt": ex.prompt,
-                        "completion": c.text,
-                        "reference": ex.reference,
-                        "teacher": teacher.name,
-                        "finish_reason": c.finish_reason,
-                        "prompt_tokens": c.prompt_tokens,
-                        "completion_tokens": c.completion_tokens,
-                    }
-                )
-                stats.new += 1
-                reasons = stats.finish_reasons
-                reasons[c.finish_reason] = reasons.get(c.finish_reason, 0) + 1
-            bar.update(1)
-            now = time.monotonic()
-            if not bar.disable and now - last_postfix[0] > 0.5:  # per row it costs ~20% speed
-                last_postfix[0] = now
-                bar.set_postfix(done=stats.already_done + stats.new, failed=stats.failed)
+                run.done(ex, c, teacher.name)
 
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(todo))))))
+
+
+async def _send_batches(teacher, out: Path, todo: list[Example], run: _Run) -> None:
+    """Collect the batches earlier runs left pending, send the rest as new batches, wait for
+    every one and write its answers (see `batch.py`)."""
+    cfg, stats = teacher.cfg, run.stats
+    ledger = BatchLedger.load(out)
+    api = batch_api(teacher)
+    by_id = {ex.id: ex for ex in todo}
+    in_flight = ledger.in_flight()
+    fresh = [ex for ex in todo if ex.id not in in_flight]
     try:
-        async with make_teacher(cfg.teacher) as teacher:
-            n = min(cfg.teacher.concurrency, max(1, len(todo)))
-            await asyncio.gather(*(worker(teacher) for _ in range(n)))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        stats.stopped = "interrupted"
-        raise
-    finally:
-        writer.flush()  # every finished row, whatever happened
-        failures.close()
-        bar.close()
-        stats.done = stats.already_done + writer.written
-        stats.prompt_tokens, stats.completion_tokens = token_totals(out)  # every run's
-        stats.wall_time_s = round(time.perf_counter() - t0, 3)
-        status = "complete" if stats.complete else ("stopped" if stats.stopped else "incomplete")
-        _write_manifest(out, cfg, stats, status=status)
-    return stats
+        for start in range(0, len(fresh), cfg.batch_size):
+            chunk = fresh[start : start + cfg.batch_size]
+            lines = [(f"doc-{k}", teacher.payload(ex.prompt)) for k, ex in enumerate(chunk)]
+            batch_id = await api.submit(lines)
+            ledger.batches.append(BatchRecord(batch_id, [ex.id for ex in chunk]))
+            ledger.save()  # at once: from here on this batch is collected, never sent again
+        await asyncio.gather(*(_collect(api, rec, ledger, by_id, run) for rec in ledger.pending()))
+    except RequestFailed as err:
+        stats.stopped = f"{err}; every batch sent is recorded: re-run the same command to collect"
+    except RunStopped as err:
+        stats.stopped = f"{type(err).__name__}: {err}"
+
+
+async def _collect(api, rec: BatchRecord, ledger: BatchLedger, by_id, run: _Run) -> None:
+    """Wait for one batch to end, then write its answers and failures, then mark it collected."""
+    poll_seconds = api.teacher.cfg.poll_seconds
+    while True:
+        rec.status, ended = await api.poll(rec.id)
+        if ended:
+            break
+        run.bar.set_postfix_str(f"batch {rec.id}: {rec.status}", refresh=True)
+        await asyncio.sleep(poll_seconds)
+    answered: set[str] = set()
+    for custom_id, completion, error in await api.results(rec.id):
+        try:
+            ex = by_id.get(rec.ids[int(custom_id.removeprefix("doc-"))])
+        except (ValueError, IndexError):
+            continue  # not one of ours
+        if ex is None or ex.id in answered:
+            continue  # already in a shard (an earlier run collected it), or a repeat line
+        if completion is not None:
+            run.done(ex, completion, api.teacher.name)
+        elif error is not None:
+            run.failed(ex, error)
+        else:
+            continue  # expired or cancelled: counted below
+        answered.add(ex.id)
+    for doc_id in rec.ids:
+        if doc_id in by_id and doc_id not in answered:
+            run.failed(by_id[doc_id], f"batch {rec.id} ended ({rec.status}) without answering it")
+    run.writer.flush()  # the answers are in shards before the batch counts as collected
+    rec.collected = True
+    ledger.save()
 
 
 def _write_manifest(out: Path, cfg: GenConfig, stats: GenStats, *, status: str) -> None:

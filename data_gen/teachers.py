@@ -52,6 +52,7 @@ from data_gen.retry import (
 log = logging.getLogger(__name__)
 
 KINDS = ("original", "openai", "openai-completions", "anthropic", "hf")
+BATCH_KINDS = ("openai", "openai-completions", "anthropic")  # have a provider batch API
 
 # The system prompt the paper gave Claude teachers (OpenAI teachers got none).
 PAPER_SYSTEM_PROMPT = (
@@ -132,6 +133,12 @@ class TeacherConfig:
     """Seconds per request (`--timeout`)."""
     backoff: float = 1.0
     """First retry delay in seconds, doubled per attempt, with full jitter (`--backoff`)."""
+    batch: bool = False
+    """Send through the provider's batch API: half the price, answers within 24 h (`--batch`)."""
+    batch_size: int = 10_000
+    """Requests per provider batch (`--batch-size`; OpenAI takes 50k, Anthropic 100k)."""
+    poll_seconds: float = 60.0
+    """Seconds between status checks of a pending batch (`--poll-seconds`)."""
 
     def __post_init__(self) -> None:
         self.base_urls = tuple(self.base_urls)
@@ -159,6 +166,12 @@ class TeacherConfig:
             (self.max_retries >= 0, "`--max-retries` must be >= 0"),
             (self.timeout > 0, "`--timeout` must be > 0"),
             (self.backoff >= 0, "`--backoff` must be >= 0"),
+            (self.batch_size >= 1, "`--batch-size` must be >= 1"),
+            (self.poll_seconds > 0, "`--poll-seconds` must be > 0"),
+            (
+                not self.batch or self.kind in BATCH_KINDS,
+                f"`--batch` needs a teacher with a batch API ({', '.join(BATCH_KINDS)})",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -303,17 +316,42 @@ class _HttpTeacher(Teacher):
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._key}"} if self._key else {}
 
-    def _payload(self, prompt: str) -> dict[str, Any]:
+    def payload(self, prompt: str) -> dict[str, Any]:
+        """The request body that asks for a continuation of `prompt` (the wire format)."""
         raise NotImplementedError
 
-    def _parse(self, body: dict[str, Any]) -> Completion:
+    def parse(self, body: dict[str, Any]) -> Completion:
+        """The completion in a successful answer's body."""
         raise NotImplementedError
+
+    async def call(self, method: str, url: str, **kwargs: Any) -> bytes:
+        """One API call besides completions (the batch endpoints), with the same key, retries
+        and backoff: the body of a 2xx answer, or RequestFailed / AuthFailed."""
+        import aiohttp
+
+        cfg = self.cfg
+        headers = {**self._request_headers, **kwargs.pop("headers", {})}
+        reason = "no attempt made"
+        for attempt in range(cfg.max_retries + 1):
+            wait = None
+            try:
+                async with self._session.request(method, url, headers=headers, **kwargs) as r:
+                    body = await r.read()
+                    if r.status < 300:
+                        return body
+                    reason = self._fail_or_reason(r.status, body.decode("utf-8", "replace"))
+                    wait = retry_after_seconds(r.headers)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+                reason = type(err).__name__
+            if attempt < cfg.max_retries:
+                await asyncio.sleep(backoff_delay(attempt, cfg.backoff) if wait is None else wait)
+        raise RequestFailed(f"{method} {url}: gave up after {cfg.max_retries + 1} tries: {reason}")
 
     async def complete(self, prompt: str, *, reference: str | None = None) -> Completion:
         if self._session is None:
             raise RuntimeError(f"use the {self.cfg.kind} teacher inside `async with`")
         cfg = self.cfg
-        payload = self._payload(prompt)
+        payload = self.payload(prompt)
         estimate = len(prompt) // 4 + cfg.max_tokens  # what TPM limits charge up front
         reason, server = "no attempt made", None
         for attempt in range(cfg.max_retries + 1):
@@ -369,7 +407,7 @@ class _HttpTeacher(Teacher):
         self.fleet.answered(server)
         if status == 200:
             try:
-                done = self._parse(json.loads(text))
+                done = self.parse(json.loads(text))
             except (ValueError, KeyError, TypeError, IndexError, AttributeError):
                 return None, "malformed response body", None, False
             self.limiter.settle(charged, done.prompt_tokens + done.completion_tokens)
@@ -411,7 +449,7 @@ class OpenAIChatTeacher(_HttpTeacher):
 
     path = "/chat/completions"
 
-    def _payload(self, prompt: str) -> dict[str, Any]:
+    def payload(self, prompt: str) -> dict[str, Any]:
         messages = [{"role": "user", "content": prompt}]
         system = self.cfg.effective_system_prompt
         if system:
@@ -423,7 +461,7 @@ class OpenAIChatTeacher(_HttpTeacher):
             "max_tokens": self.cfg.max_tokens,
         }
 
-    def _parse(self, body: dict[str, Any]) -> Completion:
+    def parse(self, body: dict[str, Any]) -> Completion:
         return _openai_completion(body, lambda choice: choice["message"].get("content") or "")
 
 
@@ -432,7 +470,7 @@ class OpenAICompletionsTeacher(_HttpTeacher):
 
     path = "/completions"
 
-    def _payload(self, prompt: str) -> dict[str, Any]:
+    def payload(self, prompt: str) -> dict[str, Any]:
         return {
             "model": self.cfg.model,
             "prompt": prompt,
@@ -440,7 +478,7 @@ class OpenAICompletionsTeacher(_HttpTeacher):
             "max_tokens": self.cfg.max_tokens,
         }
 
-    def _parse(self, body: dict[str, Any]) -> Completion:
+    def parse(self, body: dict[str, Any]) -> Completion:
         return _openai_completion(body, lambda choice: choice["text"])
 
 
@@ -456,7 +494,7 @@ class AnthropicTeacher(_HttpTeacher):
             headers["x-api-key"] = self._key
         return headers
 
-    def _payload(self, prompt: str) -> dict[str, Any]:
+    def payload(self, prompt: str) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": self.cfg.model,
             "max_tokens": self.cfg.max_tokens,
@@ -468,7 +506,7 @@ class AnthropicTeacher(_HttpTeacher):
             payload["system"] = system
         return payload
 
-    def _parse(self, body: dict[str, Any]) -> Completion:
+    def parse(self, body: dict[str, Any]) -> Completion:
         if body.get("type") == "error":
             raise ValueError("error body with status 200")
         text = "".join(b["text"] for b in body["content"] if b.get("type") == "text")
