@@ -21,7 +21,9 @@ the record maps them back to document ids.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,8 @@ class BatchLedger:
     batches: list[BatchRecord] = field(default_factory=list)
 
     @classmethod
-    def load(cls, out: Path) -> BatchLedger:
-        path = out / "batches.json"
+    def load(cls, out: Path, name: str = "batches.json") -> BatchLedger:
+        path = out / name
         if not path.is_file():
             return cls(path)
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -175,3 +177,65 @@ class AnthropicBatches(_Api):
 
 def batch_api(teacher) -> _Api:
     return AnthropicBatches(teacher) if teacher.cfg.kind == "anthropic" else OpenAIBatches(teacher)
+
+
+async def run_batches(
+    teacher,
+    ledger: BatchLedger,
+    items: dict[str, str],
+    *,
+    on_answer: Callable[[str, Completion], None],
+    on_error: Callable[[str, str], None],
+    on_status: Callable[[str], None] = lambda text: None,
+    before_collected: Callable[[], None] = lambda: None,
+) -> None:
+    """Get an answer for every `items` key (key -> prompt) through the provider's batches.
+
+    Keys already in a pending batch of `ledger` are not sent again: that batch is collected.
+    The rest go in new batches of `batch_size`, each recorded in the ledger the moment it is
+    accepted. Every pending batch is then polled until it ends; each answer goes to
+    `on_answer(key, completion)`, each error or unanswered key to `on_error(key, reason)`, and
+    once `before_collected()` has returned the batch is marked collected. Answers for keys not in
+    `items` (finished by an earlier run) are ignored."""
+    api = batch_api(teacher)
+    in_flight = ledger.in_flight()
+    fresh = [key for key in items if key not in in_flight]
+    size = teacher.cfg.batch_size
+    for start in range(0, len(fresh), size):
+        chunk = fresh[start : start + size]
+        lines = [(f"doc-{k}", teacher.payload(items[key])) for k, key in enumerate(chunk)]
+        ledger.batches.append(BatchRecord(await api.submit(lines), chunk))
+        ledger.save()  # at once: from here on this batch is collected, never sent again
+    callbacks = (on_answer, on_error, on_status, before_collected)
+    await asyncio.gather(
+        *(_collect(api, rec, ledger, items, *callbacks) for rec in ledger.pending())
+    )
+
+
+async def _collect(api, rec, ledger, items, on_answer, on_error, on_status, before_collected):
+    """Wait for one batch to end; hand over its answers and errors; mark it collected."""
+    while True:
+        rec.status, ended = await api.poll(rec.id)
+        if ended:
+            break
+        on_status(f"batch {rec.id}: {rec.status}")
+        await asyncio.sleep(api.teacher.cfg.poll_seconds)
+    seen: set[str] = set()
+    for custom_id, completion, error in await api.results(rec.id):
+        try:
+            key = rec.ids[int(custom_id.removeprefix("doc-"))]
+        except (ValueError, IndexError):
+            continue  # not one of ours
+        if key not in items or key in seen or (completion is None and error is None):
+            continue  # finished by an earlier run, a repeated line, or expired (below)
+        seen.add(key)
+        if completion is not None:
+            on_answer(key, completion)
+        else:
+            on_error(key, error)
+    for key in rec.ids:
+        if key in items and key not in seen:
+            on_error(key, f"batch {rec.id} ended ({rec.status}) without answering it")
+    before_collected()
+    rec.collected = True
+    ledger.save()

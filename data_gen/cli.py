@@ -122,6 +122,13 @@ def register(subparsers) -> None:
     flt.add_argument("--keep-instructional", action="store_true", help="report, do not drop")
     flt.add_argument("--keep-conversational", action="store_true", help="report, do not drop")
     flt.add_argument("--quiet", action="store_true", help="no progress bar")
+    flt.add_argument(
+        "--judge-batch",
+        action="store_true",
+        help="ask through the judge provider's batch API: half the price, within 24 h",
+    )
+    flt.add_argument("--judge-batch-size", type=int, default=10_000, help="requests per batch")
+    flt.add_argument("--judge-poll-seconds", type=float, default=60.0, help="between checks")
     _add_teacher_flags(flt, prefix="judge-", judge=True)
     flt.set_defaults(func=_filter)
 

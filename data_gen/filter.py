@@ -8,9 +8,10 @@
     answers "Yes"/"No" first. Flagged rows are dropped (each check can be switched off), and the
     shares are reported in the shape of the paper's Table 8.
 
-The judge goes through the same teacher client as `nif gen` (retries, rate limits, fleets). Its
-verdicts are cached in `OUT/judgements.jsonl` as they arrive, so an interrupted filter resumes
-without paying for a verdict twice. The output folder has the layout of `nif gen`'s (shards +
+The judge goes through the same teacher client as `nif gen` (retries, rate limits, fleets), or
+with `--judge-batch` through the provider's batch API (`batch.py`). Its verdicts are cached in
+`OUT/judgements.jsonl` as they arrive, so an interrupted filter resumes without paying for a
+verdict twice. The output folder has the layout of `nif gen`'s (shards +
 manifest), so `nif train` and `nif export` read it the same way.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_gen.batch import BatchLedger, run_batches
 from data_gen.shards import DirLock, ShardWriter, read_rows, shard_paths, write_json_atomic
 from data_gen.teachers import RequestFailed, RunStopped, TeacherConfig, make_teacher
 
@@ -115,9 +117,18 @@ class FilterConfig:
         }
 
 
+JUDGE_BATCHES = "judge_batches.json"
+
+
 def run_filter(cfg: FilterConfig, *, progress: bool = True) -> dict[str, Any]:
     """Filter `cfg.src` into `cfg.out`; returns the report (also written as filter_report.*)."""
     out = Path(cfg.out)
+    pending = BatchLedger.load(out, JUDGE_BATCHES).pending()
+    if pending and not (cfg.judge and cfg.judge.batch):
+        raise ValueError(
+            f"`--out` {out} has {len(pending)} judge batch(es) still pending; re-run with "
+            f"`--judge-batch` to collect them (deleting {out / JUDGE_BATCHES} abandons them)"
+        )
     with DirLock(out):
         rows = read_rows(cfg.src)
         verdicts = asyncio.run(_judge_all(cfg, rows, out, progress)) if cfg.judge else {}
@@ -236,37 +247,74 @@ async def _judge_all(cfg: FilterConfig, rows: list[dict], out: Path, progress: b
         for check in CHECKS
         if (row["id"], check) not in verdicts
     ]
-    queue: asyncio.Queue = asyncio.Queue()
-    for item in todo:
-        queue.put_nowait(item)
     bar = tqdm(total=len(todo), unit="verdict", desc="nif filter (judge)", disable=not progress)
     stopped: list[str] = []
     _end_cut_line(cache_path)
     with cache_path.open("a", encoding="utf-8") as cache:
 
-        async def worker(judge) -> None:
-            while not stopped and not queue.empty():
-                row, check = queue.get_nowait()
-                document = row["prompt"] + row["completion"]
-                try:
-                    answer = await judge.complete(CHECKS[check].format(document=document))
-                except RequestFailed:
-                    bar.update(1)
-                    continue  # unjudged; the next run asks again
-                except RunStopped as err:
-                    stopped.append(str(err))
-                    return
-                verdict = parse_verdict(answer.text)
-                verdicts[(row["id"], check)] = verdict
-                cache.write(json.dumps({"id": row["id"], "check": check, "verdict": verdict}))
-                cache.write("\n")
-                cache.flush()
-                bar.update(1)
+        def record(row_id: str, check: str, answer: str) -> None:
+            verdict = parse_verdict(answer)
+            verdicts[(row_id, check)] = verdict
+            cache.write(json.dumps({"id": row_id, "check": check, "verdict": verdict}) + "\n")
+            cache.flush()
+            bar.update(1)
 
         async with make_teacher(cfg.judge) as judge:
-            n = min(cfg.judge.concurrency, max(1, len(todo)))
-            await asyncio.gather(*(worker(judge) for _ in range(n)))
+            if cfg.judge.batch:
+                await _judge_batched(judge, out, todo, record, bar, stopped)
+            else:
+                await _judge_live(judge, todo, record, bar, stopped)
     bar.close()
     if stopped:
         raise RunStopped(f"the judge stopped the filter: {stopped[0]}; verdicts so far are kept")
     return verdicts
+
+
+def _document(row: dict) -> str:
+    return row["prompt"] + row["completion"]
+
+
+async def _judge_live(judge, todo: list, record, bar, stopped: list[str]) -> None:
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in todo:
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        while not stopped and not queue.empty():
+            row, check = queue.get_nowait()
+            try:
+                answer = await judge.complete(CHECKS[check].format(document=_document(row)))
+            except RequestFailed:
+                bar.update(1)
+                continue  # unjudged; the next run asks again
+            except RunStopped as err:
+                stopped.append(str(err))
+                return
+            record(row["id"], check, answer.text)
+
+    await asyncio.gather(*(worker() for _ in range(min(judge.cfg.concurrency, max(1, len(todo))))))
+
+
+async def _judge_batched(judge, out: Path, todo: list, record, bar, stopped: list[str]) -> None:
+    """The questions through the provider's batch API (`--judge-batch`), half the price; the
+    batches are recorded in OUT/judge_batches.json, so a stopped filter collects them later."""
+    items = {
+        f"{check}\t{row['id']}": CHECKS[check].format(document=_document(row))
+        for row, check in todo
+    }
+
+    def on_answer(key: str, answer) -> None:
+        check, row_id = key.split("\t", 1)
+        record(row_id, check, answer.text)
+
+    try:
+        await run_batches(
+            judge,
+            BatchLedger.load(out, JUDGE_BATCHES),
+            items,
+            on_answer=on_answer,
+            on_error=lambda key, reason: bar.update(1),  # unjudged; the next run asks again
+            on_status=lambda text: bar.set_postfix_str(text, refresh=True),
+        )
+    except (RequestFailed, RunStopped) as err:
+        stopped.append(f"{err} (every batch sent is recorded: re-run to collect them)")

@@ -33,7 +33,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from data_gen.batch import BatchLedger, BatchRecord, batch_api
+from data_gen.batch import BatchLedger, run_batches
 from data_gen.corpus import SkipCounts, check_source, iter_documents
 from data_gen.sampling import Example, cut_document, sample_documents
 from data_gen.shards import (
@@ -364,58 +364,22 @@ async def _send_live(teacher, todo: list[Example], run: _Run, concurrency: int) 
 
 
 async def _send_batches(teacher, out: Path, todo: list[Example], run: _Run) -> None:
-    """Collect the batches earlier runs left pending, send the rest as new batches, wait for
-    every one and write its answers (see `batch.py`)."""
-    cfg, stats = teacher.cfg, run.stats
-    ledger = BatchLedger.load(out)
-    api = batch_api(teacher)
+    """Documents through the provider's batch API (`batch.py`), answers into the shards."""
     by_id = {ex.id: ex for ex in todo}
-    in_flight = ledger.in_flight()
-    fresh = [ex for ex in todo if ex.id not in in_flight]
     try:
-        for start in range(0, len(fresh), cfg.batch_size):
-            chunk = fresh[start : start + cfg.batch_size]
-            lines = [(f"doc-{k}", teacher.payload(ex.prompt)) for k, ex in enumerate(chunk)]
-            batch_id = await api.submit(lines)
-            ledger.batches.append(BatchRecord(batch_id, [ex.id for ex in chunk]))
-            ledger.save()  # at once: from here on this batch is collected, never sent again
-        await asyncio.gather(*(_collect(api, rec, ledger, by_id, run) for rec in ledger.pending()))
+        await run_batches(
+            teacher,
+            BatchLedger.load(out),
+            {ex.id: ex.prompt for ex in todo},
+            on_answer=lambda key, completion: run.done(by_id[key], completion, teacher.name),
+            on_error=lambda key, reason: run.failed(by_id[key], reason),
+            on_status=lambda text: run.bar.set_postfix_str(text, refresh=True),
+            before_collected=run.writer.flush,  # answers in shards before a batch counts as done
+        )
     except RequestFailed as err:
-        stats.stopped = f"{err}; every batch sent is recorded: re-run the same command to collect"
+        run.stats.stopped = f"{err}; every batch sent is recorded: re-run to collect them"
     except RunStopped as err:
-        stats.stopped = f"{type(err).__name__}: {err}"
-
-
-async def _collect(api, rec: BatchRecord, ledger: BatchLedger, by_id, run: _Run) -> None:
-    """Wait for one batch to end, then write its answers and failures, then mark it collected."""
-    poll_seconds = api.teacher.cfg.poll_seconds
-    while True:
-        rec.status, ended = await api.poll(rec.id)
-        if ended:
-            break
-        run.bar.set_postfix_str(f"batch {rec.id}: {rec.status}", refresh=True)
-        await asyncio.sleep(poll_seconds)
-    answered: set[str] = set()
-    for custom_id, completion, error in await api.results(rec.id):
-        try:
-            ex = by_id.get(rec.ids[int(custom_id.removeprefix("doc-"))])
-        except (ValueError, IndexError):
-            continue  # not one of ours
-        if ex is None or ex.id in answered:
-            continue  # already in a shard (an earlier run collected it), or a repeat line
-        if completion is not None:
-            run.done(ex, completion, api.teacher.name)
-        elif error is not None:
-            run.failed(ex, error)
-        else:
-            continue  # expired or cancelled: counted below
-        answered.add(ex.id)
-    for doc_id in rec.ids:
-        if doc_id in by_id and doc_id not in answered:
-            run.failed(by_id[doc_id], f"batch {rec.id} ended ({rec.status}) without answering it")
-    run.writer.flush()  # the answers are in shards before the batch counts as collected
-    rec.collected = True
-    ledger.save()
+        run.stats.stopped = f"{type(err).__name__}: {err}"
 
 
 def _write_manifest(out: Path, cfg: GenConfig, stats: GenStats, *, status: str) -> None:

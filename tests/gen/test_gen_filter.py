@@ -168,3 +168,39 @@ def test_a_verdict_line_cut_by_a_kill_is_not_glued_to_the_next(tmp_path):
     with FakeTeacherServer(reply_fn=_judge) as server:
         assert _nif([*argv, "--judge-base-url", server.url]) == 0
         assert server.requests == 0
+
+
+def test_judge_through_the_batch_api_gives_the_live_verdicts(tmp_path):
+    _dataset(tmp_path / "d", ROWS)
+    out = tmp_path / "f"
+    argv = ["filter", str(tmp_path / "d"), "--out", str(out), "--quiet"]
+    argv += ["--judge-teacher", "anthropic", "--judge-model", "judge", "--judge-backoff", "0.01"]
+    argv += ["--judge-batch", "--judge-batch-size", "4", "--judge-poll-seconds", "0.01"]
+    # Every 3rd question of a batch expires: those rows stay unjudged (exit 1), the rest cached.
+    with FakeTeacherServer(reply_fn=_judge, batch_expire_every=3, batch_polls=1) as server:
+        assert _nif([*argv, "--judge-base-url", server.url]) == 1
+        assert server.requests == 0 and server.batches_created == 3  # 10 questions: 4 + 4 + 2
+    assert len((out / "judgements.jsonl").read_text().splitlines()) == 8  # 2 expired
+    # The re-run asks again for the unjudged questions only.
+    with FakeTeacherServer(reply_fn=_judge) as server:
+        assert _nif([*argv, "--judge-base-url", server.url]) == 0
+        assert server.batches_created == 1 and server.requests == 0  # the 2 unjudged only
+        assert sum(server.successes.values()) == 2
+    assert [r["id"] for r in read_rows(out)] == ["both", "odd", "plain"]  # as the live judge
+    report = json.loads((out / "filter_report.json").read_text())
+    assert report["instructional_pct"] == 25.0 and report["conversational_pct"] == 25.0
+
+
+def test_a_live_filter_is_refused_while_judge_batches_pend(tmp_path, capsys):
+    from data_gen.batch import BatchLedger, BatchRecord
+
+    _dataset(tmp_path / "d", ROWS)
+    out = tmp_path / "f"
+    out.mkdir()
+    ledger = BatchLedger.load(out, "judge_batches.json")
+    ledger.batches.append(BatchRecord("msgbatch_7", ["instructional\tplain"]))
+    ledger.save()
+    argv = ["filter", str(tmp_path / "d"), "--out", str(out), "--quiet"]
+    argv += ["--judge-teacher", "openai", "--judge-model", "j", "--judge-base-url", "http://x"]
+    assert _nif(argv) == 2
+    assert "1 judge batch(es) still pending" in capsys.readouterr().err
