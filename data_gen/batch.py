@@ -98,9 +98,13 @@ class OpenAIBatches(_Api):
             json.dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": body}) + "\n"
             for cid, body in lines
         )
-        form = aiohttp.FormData()
-        form.add_field("purpose", "batch")
-        form.add_field("file", jsonl.encode("utf-8"), filename="nif-batch.jsonl")
+
+        def form() -> aiohttp.FormData:  # fresh per attempt: aiohttp < 3.12 sends a form once
+            data = aiohttp.FormData()
+            data.add_field("purpose", "batch")
+            data.add_field("file", jsonl.encode("utf-8"), filename="nif-batch.jsonl")
+            return data
+
         upload = await self.json("POST", f"{self.base}/files", data=form)
         payload = {
             "input_file_id": upload["id"],
@@ -110,8 +114,13 @@ class OpenAIBatches(_Api):
         return str((await self.json("POST", f"{self.base}/batches", json=payload))["id"])
 
     async def poll(self, batch_id: str) -> tuple[str, bool]:
-        status = str((await self.json("GET", f"{self.base}/batches/{batch_id}")).get("status"))
-        return status, status in ("completed", "failed", "expired", "cancelled")
+        batch = await self.json("GET", f"{self.base}/batches/{batch_id}")
+        status = str(batch.get("status"))
+        ended = status in ("completed", "failed", "expired", "cancelled")
+        errors = (batch.get("errors") or {}).get("data") or []
+        if status == "failed" and errors:  # the whole batch was refused, e.g. an unknown model
+            status += f": {errors[0].get('message', errors[0])}"
+        return status, ended
 
     async def results(self, batch_id: str) -> list[tuple[str, Completion | None, str | None]]:
         batch = await self.json("GET", f"{self.base}/batches/{batch_id}")
@@ -120,9 +129,7 @@ class OpenAIBatches(_Api):
             if not batch.get(key):
                 continue
             raw = await self.teacher.call("GET", f"{self.base}/files/{batch[key]}/content")
-            for line in raw.decode("utf-8").splitlines():
-                if line.strip():
-                    out.append(self._result(json.loads(line)))
+            out += [self._result(rec) for rec in _jsonl(raw)]
         return out
 
     def _result(self, rec: dict[str, Any]) -> tuple[str, Completion | None, str | None]:
@@ -156,11 +163,7 @@ class AnthropicBatches(_Api):
     async def results(self, batch_id: str) -> list[tuple[str, Completion | None, str | None]]:
         batch = await self.json("GET", f"{self.base}/messages/batches/{batch_id}")
         url = batch.get("results_url") or f"{self.base}/messages/batches/{batch_id}/results"
-        out = []
-        for line in (await self.teacher.call("GET", url)).decode("utf-8").splitlines():
-            if line.strip():
-                out.append(self._result(json.loads(line)))
-        return out
+        return [self._result(rec) for rec in _jsonl(await self.teacher.call("GET", url))]
 
     def _result(self, rec: dict[str, Any]) -> tuple[str, Completion | None, str | None]:
         cid, result = str(rec.get("custom_id")), rec.get("result") or {}
@@ -173,6 +176,20 @@ class AnthropicBatches(_Api):
         if kind == "errored":
             return cid, None, f"batch error: {error_message(json.dumps(result.get('error')))}"
         return cid, None, None  # canceled / expired: not answered, sent again
+
+
+def _jsonl(raw: bytes) -> list[dict[str, Any]]:
+    """The records of a results file; a broken line is skipped (its request counts as
+    unanswered and is sent again)."""
+    records = []
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
 
 
 def batch_api(teacher) -> _Api:

@@ -24,7 +24,8 @@ Batch APIs (`nif gen --batch`): OpenAI's `POST /v1/files`, `POST /v1/batches`,
 `GET /v1/batches/{id}`, `GET /v1/files/{id}/content`, and Anthropic's `POST /v1/messages/batches`,
 `GET /v1/messages/batches/{id}` and `.../results`. A batch stays in progress for `batch_polls`
 status checks, then ends with every request answered, except every `batch_expire_every`-th
-(expired: no answer) and every `batch_error_every`-th (answered with an error).
+(expired: no answer) and every `batch_error_every`-th (answered with an error). The first
+`batch_upload_faults` file uploads fail with a 500.
 
 Outcomes beyond FAULTS: 429s (retry-after in whole seconds), length (finish_reason `length`),
 spend (the provider's spend-limit 429), 400 (context too long), 401 (rejected key).
@@ -93,6 +94,7 @@ class FakeTeacherServer:
     batch_polls: int = 0
     batch_expire_every: int = 0
     batch_error_every: int = 0
+    batch_upload_faults: int = 0
     # What happened, for assertions.
     requests: int = 0
     batches_created: int = 0
@@ -148,6 +150,11 @@ class FakeTeacherServer:
         from aiohttp import web
 
         form = await request.post()
+        with self._lock:
+            fault = self.batch_upload_faults > 0
+            self.batch_upload_faults -= fault
+        if fault:
+            return _error("chat", 500, "server_error", "upload failed, try again")
         file_id = f"file-{len(self._files)}"
         self._files[file_id] = form["file"].file.read()
         return web.json_response({"id": file_id, "object": "file", "purpose": form["purpose"]})

@@ -331,9 +331,14 @@ class _HttpTeacher(Teacher):
 
         cfg = self.cfg
         headers = {**self._request_headers, **kwargs.pop("headers", {})}
+        data = kwargs.pop("data", None)  # a callable makes a fresh body per attempt
         reason = "no attempt made"
         for attempt in range(cfg.max_retries + 1):
             wait = None
+            if callable(data):
+                kwargs["data"] = data()
+            elif data is not None:
+                kwargs["data"] = data
             try:
                 async with self._session.request(method, url, headers=headers, **kwargs) as r:
                     body = await r.read()

@@ -52,6 +52,14 @@ def test_batches_write_every_document_once(tmp_path, kind):
     assert manifest["status"] == "complete" and manifest["config"]["teacher"]["batch"] is True
 
 
+def test_a_failed_upload_is_retried_with_a_fresh_form(tmp_path):
+    with FakeTeacherServer(batch_upload_faults=2) as server:
+        stats = generate(_cfg(tmp_path / "o", server.url), progress=False)
+        assert server.batches_created == 3
+    assert stats.complete
+    _assert_exactly_once(tmp_path / "o", 14)
+
+
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_errored_and_expired_requests_are_retried_by_the_next_run(tmp_path, kind):
     out = tmp_path / "o"
