@@ -3,6 +3,8 @@
     python -m benchmarks.bench_train                        # CPU, the tiny model
     python -m benchmarks.bench_train --model PATH --dtype float16 --steps 50 --cutoff 1024
                                                             # GPU, e.g. a 1B-class Llama
+    python -m benchmarks.bench_train --model synthetic-1b --dtype float16 --steps 20
+                                                            # GPU, offline: random 1B weights
 
 (a) HF Transformers + PEFT with padded batches: the stack the paper used (LLaMA-Factory);
 (b) ours, padded: `NifLoraModule`'s model (fused LoRA kernels) on the same padded batches;
@@ -28,6 +30,47 @@ import torch
 
 from benchmarks.common import markdown_table, write_rows
 from nif_lightning.packing import collate_packed, collate_padded, pack, vanilla_sample
+
+# Llama-3.2-1B's shape. Throughput does not depend on the weights, so random ones let an offline
+# GPU machine measure a 1B-class model without the Hub (`--model synthetic-1b`).
+SYNTHETIC_1B = {
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 4096,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": True,
+}
+
+
+def synthetic_1b_config(tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        **SYNTHETIC_1B,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+
+
+def save_synthetic_1b(out_dir: str) -> str:
+    """A random-initialised Llama of Llama-3.2-1B's shape (fp16 on disk, ~2.5 GB) with the tiny
+    tokenizer, whose ids all lie within the model's vocabulary."""
+    from transformers import LlamaForCausalLM
+
+    from nif_lightning.tiny_model import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = LlamaForCausalLM(synthetic_1b_config(tok)).half()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return out_dir
 
 
 def make_samples(n: int, cutoff: int, vocab: int, seed: int = 0):
@@ -114,7 +157,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--model", default=None, help="HF model folder/id (default: the tiny model)")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="HF model folder/id, or synthetic-1b (random, Llama-3.2-1B's shape); default: tiny",
+    )
     ap.add_argument("--dtype", default=None, help="float32 | float16 | bfloat16")
     ap.add_argument("--steps", type=int, default=10, help="padded steps per round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
@@ -136,6 +183,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from nif_lightning.tiny_model import save_tiny_model
 
         model_path = str(save_tiny_model(tempfile.mkdtemp(prefix="nif-bench-")))
+    elif model_path == "synthetic-1b":
+        model_path = str(save_synthetic_1b(tempfile.mkdtemp(prefix="nif-bench-1b-")))
     tok = AutoTokenizer.from_pretrained(model_path)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     samples = make_samples(args.samples, args.cutoff, len(tok))

@@ -42,3 +42,17 @@ def test_bench_train_rows():
     assert 0.5 < by["ratios"]["packed_budget_fill"] <= 1.0
     for v in ("a_hf_peft_padded", "b_ours_padded", "c_ours_packed"):
         assert 0 < by[v]["tokens_per_s"] <= by[v]["processed_tokens_per_s"]
+
+
+def test_synthetic_1b_has_a_1b_class_shape():
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from nif_lightning.tiny_model import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    with torch.device("meta"):  # the shape only: no memory, no time
+        model = LlamaForCausalLM(bench_train.synthetic_1b_config(tok))
+    params = sum(p.numel() for p in model.parameters())
+    assert 1.2e9 < params < 1.3e9  # Llama-3.2-1B: 1.24B with tied embeddings
+    assert len(tok) < model.config.vocab_size  # every token id the samples use is in range
