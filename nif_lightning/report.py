@@ -171,8 +171,9 @@ def _table(pairs: dict[str, Any]) -> list[str]:
 
 
 def _quote(text: str) -> str:
-    text = text.strip() or "(empty)"
-    return "<br>".join(text.replace("|", "\\|").splitlines())
+    if not text.strip():
+        return "*(nothing but whitespace)*" if text else "*(empty)*"
+    return "<br>".join(text.strip().replace("|", "\\|").splitlines())
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -193,6 +194,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += [f"- {k}: `{v}`" for k, v in report["outputs"].items() if v]
     if report["samples"]:
         out += ["", "## Samples: base model vs fine-tuned (greedy)", ""]
+        if (report["config"].get("model") or {}).get("tiny"):
+            out += [
+                "*The base model is the tiny random-initialised Llama: these answers show the "
+                "pipeline working, not the paper's effect, which needs a real base model and "
+                "teacher (`configs/paper/`).*",
+                "",
+            ]
         out += ["| prompt | base | fine-tuned |", "|---|---|---|"]
         for s in report["samples"]:
             base_end = "" if s["base_stopped"] else " *(no EOS)*"

@@ -73,13 +73,22 @@ def test_report_files_carry_the_figures(tmp_path):
             "tuned": "hi",
             "tuned_tokens": 1,
             "tuned_stopped": True,
-        }
+        },
+        {
+            "prompt": "Spaces?",
+            "base": "",
+            "base_tokens": 0,
+            "base_stopped": True,
+            "tuned": "\n \n",
+            "tuned_tokens": 3,
+            "tuned_stopped": False,
+        },
     ]
     (tmp_path / "samples.json").write_text(json.dumps(samples))
 
     report = build_report(
         tmp_path,
-        config={"out": str(tmp_path)},
+        config={"out": str(tmp_path), "model": {"tiny": True}},
         data_dir=data,
         filter_dir=None,
         train_dir=tmp_path,
@@ -94,6 +103,8 @@ def test_report_files_carry_the_figures(tmp_path):
     assert "| val_loss_best | 3.5 |" in md
     assert "![training and validation loss](loss.png)" in md
     assert "| Say hi \\| twice | hi hi hi *(no EOS)* | hi |" in md
+    assert "| Spaces? | *(empty)* | *(nothing but whitespace)* *(no EOS)* |" in md
+    assert "tiny random-initialised Llama" in md  # the quickstart's samples are not the effect
 
 
 def test_report_without_training_says_so(tmp_path):
