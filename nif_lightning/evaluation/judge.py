@@ -7,7 +7,8 @@ mean over every graded turn.
 Pairwise: the judge compares the model's answer with a baseline model's answer to the same
 question and ends with `[[A>>B]]`, `[[A>B]]`, `[[A=B]]`, `[[B>A]]` or `[[B>>A]]`. Judges favour
 whichever answer comes first, so every question is judged twice, once in each order, and both
-games count; the win rate is (wins + ties / 2) / games, from the model's side.
+games count; the win rate is (wins + ties / 2) / games, from the model's side, with a 95%
+bootstrap interval over questions.
 
 The judge is reached through the teacher client of `nif gen` (`data_gen.teachers`): any
 OpenAI-compatible or Anthropic endpoint, with its retries and rate limits. Each verdict is
@@ -24,6 +25,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -254,8 +256,10 @@ def pairwise(
         # Both orders answered and they disagree on who won: the judge followed position.
         inconsistent += len(scores) == 2 and scores[0] != scores[1]
     games = wins + ties + losses
+    question_scores = [sum(s) / len(s) for s in per_question.values()]
     return {
         "win_rate": round(100.0 * (wins + 0.5 * ties) / games, 2) if games else None,
+        "win_rate_ci95": bootstrap_ci(question_scores),
         "wins": wins,
         "ties": ties,
         "losses": losses,
@@ -265,6 +269,18 @@ def pairwise(
         "unjudged": len(jobs) - len(verdicts),
         "asked": len(jobs),
     }
+
+
+def bootstrap_ci(scores: list[float], *, rounds: int = 2000, seed: int = 0) -> list[float] | None:
+    """95% interval (in %) of the mean of per-question scores, resampling questions with
+    replacement as Arena-Hard does; None for fewer than two questions."""
+    if len(scores) < 2:
+        return None
+    rng = random.Random(seed)
+    n = len(scores)
+    means = sorted(sum(rng.choices(scores, k=n)) / n for _ in range(rounds))
+    low, high = means[int(0.025 * rounds)], means[int(0.975 * rounds) - 1]
+    return [round(100.0 * low, 2), round(100.0 * high, 2)]
 
 
 def load_questions(path: str | Path) -> list[dict[str, Any]]:

@@ -83,6 +83,7 @@ def test_eval_end_to_end_and_rerun(tiny, tmp_path, monkeypatch, capsys):
     result = json.loads((out / "eval.json").read_text())
     pair = result["suites"]["judge"]["pairwise"]
     assert pair["win_rate"] == 50.0 and pair["order_inconsistent_questions"] == 8
+    assert pair["win_rate_ci95"] == [50.0, 50.0]  # every question a win and a loss: no spread
 
     assert main(["eval", "compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
     row = capsys.readouterr().out.splitlines()[-1]

@@ -154,3 +154,15 @@ def test_load_answers_and_bad_question_file(tmp_path):
     bad.write_text('{"question_id": 1, "turns": []}\n', encoding="utf-8")
     with pytest.raises(ValueError, match="q.jsonl:1: needs `question_id` and a non-empty"):
         load_questions(bad)
+
+
+def test_bootstrap_interval_of_the_win_rate():
+    from nif_lightning.evaluation.judge import bootstrap_ci
+
+    assert bootstrap_ci([1.0]) is None  # one question: no interval
+    assert bootstrap_ci([1.0] * 20) == [100.0, 100.0]
+    low, high = bootstrap_ci([1.0, 0.0] * 20)  # 40 questions, half won
+    assert low < 50.0 < high and 10.0 < high - low < 40.0  # about +-15 points
+    assert bootstrap_ci([1.0, 0.0] * 20) == [low, high]  # seeded: the same every time
+    narrow = bootstrap_ci([1.0, 0.0] * 200)
+    assert narrow[1] - narrow[0] < (high - low) / 2  # 10x the questions, ~1/3 the width
