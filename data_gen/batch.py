@@ -205,15 +205,16 @@ async def run_batches(
     on_error: Callable[[str, str], None],
     on_status: Callable[[str], None] = lambda text: None,
     before_collected: Callable[[], None] = lambda: None,
-) -> None:
-    """Get an answer for every `items` key (key -> prompt) through the provider's batches.
+) -> int:
+    """Get an answer for every `items` key (key -> prompt) through the provider's batches;
+    returns how many batches are still running (only with `batch_wait` off).
 
     Keys already in a pending batch of `ledger` are not sent again: that batch is collected.
     The rest go in new batches of `batch_size`, each recorded in the ledger the moment it is
-    accepted. Every pending batch is then polled until it ends; each answer goes to
-    `on_answer(key, completion)`, each error or unanswered key to `on_error(key, reason)`, and
-    once `before_collected()` has returned the batch is marked collected. Answers for keys not in
-    `items` (finished by an earlier run) are ignored."""
+    accepted. Every pending batch is then polled until it ends (or, with `batch_wait` off,
+    checked once); each answer goes to `on_answer(key, completion)`, each error or unanswered
+    key to `on_error(key, reason)`, and once `before_collected()` has returned the batch is
+    marked collected. Answers for keys not in `items` (finished by an earlier run) are ignored."""
     api = batch_api(teacher)
     in_flight = ledger.in_flight()
     fresh = [key for key in items if key not in in_flight]
@@ -227,6 +228,8 @@ async def run_batches(
     await asyncio.gather(
         *(_collect(api, rec, ledger, items, *callbacks) for rec in ledger.pending())
     )
+    ledger.save()  # the statuses last seen
+    return len(ledger.pending())
 
 
 async def _collect(api, rec, ledger, items, on_answer, on_error, on_status, before_collected):
@@ -236,6 +239,8 @@ async def _collect(api, rec, ledger, items, on_answer, on_error, on_status, befo
         if ended:
             break
         on_status(f"batch {rec.id}: {rec.status}")
+        if not api.teacher.cfg.batch_wait:
+            return  # still pending; a later run collects it
         await asyncio.sleep(api.teacher.cfg.poll_seconds)
     seen: set[str] = set()
     for custom_id, completion, error in await api.results(rec.id):

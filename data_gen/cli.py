@@ -98,6 +98,12 @@ def register(subparsers) -> None:
     batch.add_argument(
         "--poll-seconds", type=float, default=60.0, help="between status checks (default 60)"
     )
+    batch.add_argument(
+        "--no-wait",
+        dest="batch_wait",
+        action="store_false",
+        help="send the batches, collect those already ended, and exit (3) without waiting",
+    )
     gen.set_defaults(func=_gen)
 
     flt = subparsers.add_parser(
@@ -172,6 +178,7 @@ def _teacher_config(args: argparse.Namespace, prefix: str = ""):
         batch=getattr(args, f"{prefix}batch", False),
         batch_size=getattr(args, f"{prefix}batch_size", 10_000),
         poll_seconds=getattr(args, f"{prefix}poll_seconds", 60.0),
+        batch_wait=getattr(args, f"{prefix}batch_wait", True),
     )
 
 

@@ -67,6 +67,7 @@ OPERATIONAL = {
     "batch",
     "batch_size",
     "poll_seconds",
+    "batch_wait",
 }
 
 
@@ -367,7 +368,7 @@ async def _send_batches(teacher, out: Path, todo: list[Example], run: _Run) -> N
     """Documents through the provider's batch API (`batch.py`), answers into the shards."""
     by_id = {ex.id: ex for ex in todo}
     try:
-        await run_batches(
+        running = await run_batches(
             teacher,
             BatchLedger.load(out),
             {ex.id: ex.prompt for ex in todo},
@@ -376,6 +377,11 @@ async def _send_batches(teacher, out: Path, todo: list[Example], run: _Run) -> N
             on_status=lambda text: run.bar.set_postfix_str(text, refresh=True),
             before_collected=run.writer.flush,  # answers in shards before a batch counts as done
         )
+        if running:
+            run.stats.stopped = (
+                f"{running} batch(es) still running at the provider (--no-wait); re-run the same "
+                "command later to collect them"
+            )
     except RequestFailed as err:
         run.stats.stopped = f"{err}; every batch sent is recorded: re-run to collect them"
     except RunStopped as err:

@@ -139,6 +139,8 @@ class TeacherConfig:
     """Requests per provider batch (`--batch-size`; OpenAI takes 50k, Anthropic 100k)."""
     poll_seconds: float = 60.0
     """Seconds between status checks of a pending batch (`--poll-seconds`)."""
+    batch_wait: bool = True
+    """Wait for the batches to end; off: send, collect what has ended, exit (`--no-wait`)."""
 
     def __post_init__(self) -> None:
         self.base_urls = tuple(self.base_urls)

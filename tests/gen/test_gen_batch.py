@@ -120,3 +120,25 @@ def test_batch_needs_a_teacher_with_a_batch_api():
         TeacherConfig(kind="original", batch=True)
     with pytest.raises(ValueError, match="`--batch-size` must be >= 1"):
         TeacherConfig(kind="openai", model="m", batch=True, batch_size=0)
+
+
+def test_no_wait_sends_then_later_runs_collect(tmp_path, capsys):
+    import argparse
+
+    from data_gen.cli import register
+
+    parser = argparse.ArgumentParser(prog="nif")
+    register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "o"
+    with FakeTeacherServer(batch_polls=2) as server:  # each batch ends at its 3rd status check
+        argv = ["gen", "--corpus", "builtin", "--num-docs", "14", "--out", str(out), "--quiet"]
+        argv += ["--teacher", "anthropic", "--model", "m", "--base-url", server.url]
+        argv += ["--batch", "--batch-size", "5", "--no-wait"]
+        args = parser.parse_args(argv)
+        assert args.func(args) == 3  # sent, not waited for: stopped early, nothing lost
+        assert "3 batch(es) still running" in capsys.readouterr().err
+        assert read_rows(out) == [] and server.batches_created == 3
+        assert args.func(args) == 3  # checked again: still running
+        assert args.func(args) == 0  # ended: collected
+        assert server.batches_created == 3  # nothing sent twice
+    _assert_exactly_once(out, 14)
