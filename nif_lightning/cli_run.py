@@ -50,6 +50,8 @@ def _run(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as err:
         print(f"nif run: {err}", file=sys.stderr)
         return 1
+    if report is None:
+        return 0  # a training process of another GPU: rank 0 reports
     out = report["outputs"]
     print(f"\nrun folder: {cfg.run_dir}")
     print(f"  report:        {cfg.run_dir / 'report.md'} (and report.json, loss.png)")

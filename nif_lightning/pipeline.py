@@ -219,8 +219,15 @@ def _fingerprints(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-def run_pipeline(cfg: RunConfig, *, log=print) -> dict[str, Any]:
-    """Run (or continue) every stage; returns the report dict."""
+def _is_global_zero() -> bool:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def run_pipeline(cfg: RunConfig, *, log=print) -> dict[str, Any] | None:
+    """Run (or continue) every stage; returns the report dict (None in a training process of
+    rank > 0, which stops after training)."""
     from nif_lightning.report import build_report
 
     run_dir = cfg.run_dir
@@ -243,9 +250,20 @@ def run_pipeline(cfg: RunConfig, *, log=print) -> dict[str, Any]:
             log(f"[nif run] {stage}: already complete, skipped")
             summary[stage] = "skipped (already complete)"
             continue
+        if stage != "train" and not _is_global_zero():
+            raise RuntimeError(
+                f"stage `{stage}` is not done and this is a process of rank > 0: run the data "
+                "stages once (`nif run` on one process, or `nif gen`), then launch training on "
+                "every rank (see README, multi-node)"
+            )
         log(f"[nif run] {stage}: starting")
         t0 = time.perf_counter()
         info = _STAGE_FUNCS[stage](cfg) or {}
+        if not _is_global_zero():
+            # On several GPUs Lightning starts one process per extra device by re-running this
+            # command; such a process finds gen/filter done and joins training. Its part ends
+            # there: rank 0 alone records the stage, samples and writes the report.
+            return None
         seconds = round(time.perf_counter() - t0, 1)
         state.finish(stage, prints[stage], seconds=seconds, **info)
         log(f"[nif run] {stage}: done in {seconds:.1f}s")

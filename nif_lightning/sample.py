@@ -58,12 +58,18 @@ def greedy_replies(model_dir: str | Path, prompts: list[str], max_new_tokens: in
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if torch.cuda.is_available():
+        # Half precision, spread over the GPUs a model needs (a 70B model fits on no single one).
+        half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=half, device_map="auto")
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     eos = tok.eos_token_id
     replies = []
     for prompt in prompts:
         ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids  # (1, P)
+        ids = ids.to(model.device)
         with torch.no_grad():
             out = model.generate(
                 ids,
@@ -78,6 +84,9 @@ def greedy_replies(model_dir: str | Path, prompts: list[str], max_new_tokens: in
         if stopped:
             new = new[: new.index(eos)]
         replies.append(Reply(tok.decode(new, skip_special_tokens=True), len(new), stopped))
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # room for the next model
     return replies
 
 

@@ -132,3 +132,30 @@ def test_data_dir_must_be_what_the_run_writes(tmp_path):
     cfg_path = _config(tmp_path, data={"dir": str(tmp_path / "elsewhere")})
     with pytest.raises(ValueError, match="data.dir"):
         load_run_config(cfg_path)
+
+
+def test_a_training_process_of_another_gpu_stops_after_training(tmp_path, monkeypatch):
+    """On several GPUs Lightning re-runs `nif run` once per extra device: that process must skip
+    the finished data stages, join training, and leave the rest (state, samples, report) to
+    rank 0 — and it must refuse to run a data stage itself."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    import nif_lightning.pipeline as pipeline
+
+    cfg = load_run_config(_config(tmp_path))
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    with pytest.raises(RuntimeError, match="stage `gen` is not done and this is a process of rank"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run" / "data").exists()
+
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    pipeline._STAGE_FUNCS["gen"](cfg)  # rank 0 ran the data stage ...
+    pipeline.RunState(cfg.run_dir).finish("gen", pipeline._fingerprints(cfg)["gen"], seconds=0.0)
+    trained = []
+    monkeypatch.setitem(pipeline._STAGE_FUNCS, "train", lambda c: trained.append(1))
+    # ... and now the process of rank 1 arrives.
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert run_pipeline(cfg) is None and trained == [1]
+    run_state = json.loads((cfg.run_dir / "run_state.json").read_text())
+    assert "train" not in json.dumps(run_state)  # recorded by rank 0 only
+    assert not (cfg.run_dir / "report.md").exists()

@@ -55,3 +55,14 @@ def test_reply_stops_at_eos(tiny):
 def test_bad_settings_name_the_key(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
         SampleSettings(**kwargs)
+
+
+@pytest.mark.gpu
+def test_replies_on_the_gpu_in_half_precision(tiny):
+    """On CUDA the sample stage runs the models in half precision on the GPUs (an 8B model in
+    fp32 on the CPU would take the node's memory and minutes per prompt)."""
+    import torch
+
+    replies = greedy_replies(tiny, ["Explain what a list is."], max_new_tokens=6)
+    assert len(replies) == 1 and 0 <= replies[0].new_tokens <= 6
+    assert torch.cuda.memory_allocated() < 64 * 2**20  # the model was let go afterwards
