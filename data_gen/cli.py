@@ -24,6 +24,7 @@ examples:
       --base-url http://gpu2:8000/v1 --concurrency 128
   nif gen --corpus hf:Skylion007/openwebtext --num-docs 80000 --out runs/owt-batch \\
       --teacher openai --model gpt-4-0125-preview --batch        # half price, within 24 h
+  nif gen ... --dry-run --price-in 10 --price-out 30             # what it would send and cost
 
 exit codes: 0 complete; 1 some documents failed (re-run to retry them); 2 bad input;
 3 the teacher stopped the run (spend limit or rejected key), finished work kept."""
@@ -86,6 +87,13 @@ def register(subparsers) -> None:
         "--flush-seconds", type=float, default=30.0, help="write a shard at least this often"
     )
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="sample and count what would be sent (documents, tokens, cost); send nothing",
+    )
+    gen.add_argument("--price-in", type=float, help="$ per million prompt tokens (for the cost)")
+    gen.add_argument("--price-out", type=float, help="$ per million completion tokens")
     _add_teacher_flags(gen)
     batch = gen.add_argument_group("provider batch API (openai, openai-completions, anthropic)")
     batch.add_argument(
@@ -183,7 +191,7 @@ def _teacher_config(args: argparse.Namespace, prefix: str = ""):
 
 
 def _gen(args: argparse.Namespace) -> int:
-    from data_gen.generate import GenConfig, generate
+    from data_gen.generate import GenConfig, estimate, generate
 
     try:
         teacher = _teacher_config(args)
@@ -202,6 +210,10 @@ def _gen(args: argparse.Namespace) -> int:
             flush_seconds=args.flush_seconds,
             teacher=teacher,
         )
+        if (args.price_in is None) != (args.price_out is None):
+            raise ValueError("give both `--price-in` and `--price-out` (dollars per 1M tokens)")
+        if args.dry_run:
+            return _dry_run(args, estimate(cfg, progress=not args.quiet))
         stats = generate(cfg, progress=not args.quiet)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"nif gen: {err}", file=sys.stderr)
@@ -221,6 +233,25 @@ def _gen(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, est) -> int:
+    skipped = ", ".join(f"{n} {r}" for r, n in sorted(est.skipped.items())) or "none"
+    print(
+        f"nif gen (dry run): {est.sampled} documents sampled (skipped: {skipped}), "
+        f"{est.already_done} already done, {est.to_send} to send: ~{est.prompt_tokens:,} prompt "
+        f"tokens (characters / 4) and at most {est.max_completion_tokens:,} completion tokens "
+        f"(--max-tokens {args.max_tokens} each)"
+    )
+    if args.price_in is not None:
+        cost = est.cost(args.price_in, args.price_out)
+        if args.batch:
+            line = f"at most ${cost / 2:,.2f} through the batch API (half of ${cost:,.2f})"
+        else:
+            line = f"at most ${cost:,.2f} (about half with --batch)"
+        prices = f"${args.price_in} / ${args.price_out} per million tokens in / out"
+        print(f"nif gen (dry run): {line} at {prices}")
     return 0
 
 

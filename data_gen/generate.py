@@ -248,6 +248,41 @@ def generate(cfg: GenConfig, *, progress: bool = True) -> GenStats:
         return asyncio.run(_generate(cfg, out, examples, skipped, progress))
 
 
+@dataclass
+class Estimate:
+    """What a run would send (`nif gen --dry-run`); tokens estimated as characters / 4, as the
+    TPM limiter charges them."""
+
+    sampled: int
+    already_done: int
+    to_send: int
+    prompt_tokens: int
+    max_completion_tokens: int
+    skipped: dict[str, int]
+
+    def cost(self, price_in: float, price_out: float) -> float:
+        """At most this many dollars at `price_in` / `price_out` dollars per million tokens."""
+        return (self.prompt_tokens * price_in + self.max_completion_tokens * price_out) / 1e6
+
+
+def estimate(cfg: GenConfig, *, progress: bool = True) -> Estimate:
+    """Sample (or reuse the kept sample) and count what `generate(cfg)` would send; writes
+    nothing and sends nothing."""
+    out = Path(cfg.out)
+    check_resume(out, cfg)
+    examples, skipped = load_sample(out, cfg) or prepare_examples(cfg, progress=progress)
+    finished = read_ids(out)
+    todo = [ex for ex in examples if ex.id not in finished]
+    return Estimate(
+        sampled=len(examples),
+        already_done=len(examples) - len(todo),
+        to_send=len(todo),
+        prompt_tokens=sum(len(ex.prompt) for ex in todo) // 4,
+        max_completion_tokens=len(todo) * cfg.teacher.max_tokens,
+        skipped=dict(skipped),
+    )
+
+
 class _Run:
     """One run's bookkeeping: rows to the shard writer, failures to failures.jsonl, counts."""
 

@@ -297,3 +297,23 @@ def test_hf_corpus_spec_and_load_errors(tmp_path, monkeypatch, capsys):
     assert _nif(argv) == 2
     err = capsys.readouterr().err
     assert "hf:a/c" in err and "Couldn't reach" in err and "HF_DATASETS_OFFLINE" in err
+
+
+def test_dry_run_counts_what_would_be_sent_and_sends_nothing(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["gen", "--corpus", "builtin", "--out", str(out), "--num-docs", "20", "--quiet"]
+    argv += ["--teacher", "openai", "--model", "m", "--base-url", "http://127.0.0.1:9/v1"]
+    argv += ["--max-tokens", "100", "--dry-run", "--price-in", "10", "--price-out", "30"]
+    assert _nif(argv) == 0  # nothing listens on port 9: a request would have failed
+    text = capsys.readouterr().out
+    assert not out.exists()  # writes nothing
+    from data_gen.generate import GenConfig, prepare_examples
+
+    examples, _ = prepare_examples(GenConfig(corpus="builtin", out=str(out), num_docs=20))
+    prompt_tokens = sum(len(ex.prompt) for ex in examples) // 4
+    assert f"20 to send: ~{prompt_tokens:,} prompt tokens" in text
+    assert "at most 2,000 completion tokens" in text
+    cost = (prompt_tokens * 10 + 2000 * 30) / 1e6
+    assert f"at most ${cost:,.2f} (about half with --batch)" in text
+    assert _nif([*argv[:-5], "--dry-run", "--price-in", "10"]) == 2  # both prices or none
+    assert "give both `--price-in` and `--price-out`" in capsys.readouterr().err
