@@ -223,6 +223,14 @@ def _gen(args: argparse.Namespace) -> int:
         f"nif gen: {stats.done}/{stats.sampled} documents done ({stats.new} new this run), "
         f"{stats.failed} failed, skipped: {skipped}; {stats.wall_time_s:.1f}s -> {args.out}"
     )
+    if args.price_in is not None:
+        tokens = (stats.prompt_tokens, stats.completion_tokens)
+        cost = (tokens[0] * args.price_in + tokens[1] * args.price_out) / 1e6
+        cost /= 2 if args.batch else 1  # the batch APIs bill half
+        print(
+            f"nif gen: {tokens[0]:,} prompt + {tokens[1]:,} completion tokens in this folder "
+            f"(as the teacher reported them): about ${cost:,.2f} at the given prices"
+        )
     if stats.stopped:
         print(f"nif gen: stopped early: {stats.stopped}; finished work is kept", file=sys.stderr)
         return 3

@@ -199,3 +199,24 @@ def test_a_teacher_that_fails_everything_stops_the_run_early(tmp_path):
     with FakeTeacherServer() as server:  # fixed: the next run does everything
         assert generate(_cfg(out, server.url, n=200), progress=False).complete
     _assert_exactly_once(out, 200)
+
+
+def test_prices_turn_the_reported_tokens_into_a_cost(tmp_path, capsys):
+    import argparse
+
+    from data_gen.cli import register
+
+    parser = argparse.ArgumentParser(prog="nif")
+    register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "o"
+    with FakeTeacherServer() as server:
+        argv = ["gen", "--corpus", "builtin", "--num-docs", "6", "--out", str(out), "--quiet"]
+        argv += ["--teacher", "openai", "--model", "m", "--base-url", server.url]
+        # Absurd prices, so the few tokens of the fake teacher make a figure worth comparing.
+        argv += ["--price-in", "100000", "--price-out", "300000"]
+        args = parser.parse_args(argv)
+        assert args.func(args) == 0
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    cost = (counts["prompt_tokens"] * 1e5 + counts["completion_tokens"] * 3e5) / 1e6
+    assert cost > 1.0
+    assert f"about ${cost:,.2f} at the given prices" in capsys.readouterr().out
