@@ -83,8 +83,8 @@ class _Api:
         except ValueError:
             raise RequestFailed(f"{method} {url}: the answer is not JSON") from None
 
-    # Subclasses: submit(lines) -> batch id; poll(id) -> (status, ended); results(id) ->
-    # [(custom_id, Completion | None, error | None)].
+    # Subclasses: submit(lines) -> batch id; poll(id) -> (status, ended, the batch object);
+    # results(batch object) -> [(custom_id, Completion | None, error | None)].
 
 
 class OpenAIBatches(_Api):
@@ -113,17 +113,18 @@ class OpenAIBatches(_Api):
         }
         return str((await self.json("POST", f"{self.base}/batches", json=payload))["id"])
 
-    async def poll(self, batch_id: str) -> tuple[str, bool]:
+    async def poll(self, batch_id: str) -> tuple[str, bool, dict[str, Any]]:
         batch = await self.json("GET", f"{self.base}/batches/{batch_id}")
         status = str(batch.get("status"))
         ended = status in ("completed", "failed", "expired", "cancelled")
         errors = (batch.get("errors") or {}).get("data") or []
         if status == "failed" and errors:  # the whole batch was refused, e.g. an unknown model
             status += f": {errors[0].get('message', errors[0])}"
-        return status, ended
+        return status, ended, batch
 
-    async def results(self, batch_id: str) -> list[tuple[str, Completion | None, str | None]]:
-        batch = await self.json("GET", f"{self.base}/batches/{batch_id}")
+    async def results(
+        self, batch: dict[str, Any]
+    ) -> list[tuple[str, Completion | None, str | None]]:
         out = []
         for key in ("output_file_id", "error_file_id"):
             if not batch.get(key):
@@ -155,14 +156,15 @@ class AnthropicBatches(_Api):
         )
         return str(batch["id"])
 
-    async def poll(self, batch_id: str) -> tuple[str, bool]:
+    async def poll(self, batch_id: str) -> tuple[str, bool, dict[str, Any]]:
         batch = await self.json("GET", f"{self.base}/messages/batches/{batch_id}")
         status = str(batch.get("processing_status"))
-        return status, status == "ended"
+        return status, status == "ended", batch
 
-    async def results(self, batch_id: str) -> list[tuple[str, Completion | None, str | None]]:
-        batch = await self.json("GET", f"{self.base}/messages/batches/{batch_id}")
-        url = batch.get("results_url") or f"{self.base}/messages/batches/{batch_id}/results"
+    async def results(
+        self, batch: dict[str, Any]
+    ) -> list[tuple[str, Completion | None, str | None]]:
+        url = batch.get("results_url") or f"{self.base}/messages/batches/{batch['id']}/results"
         return [self._result(rec) for rec in _jsonl(await self.teacher.call("GET", url))]
 
     def _result(self, rec: dict[str, Any]) -> tuple[str, Completion | None, str | None]:
@@ -235,7 +237,7 @@ async def run_batches(
 async def _collect(api, rec, ledger, items, on_answer, on_error, on_status, before_collected):
     """Wait for one batch to end; hand over its answers and errors; mark it collected."""
     while True:
-        rec.status, ended = await api.poll(rec.id)
+        rec.status, ended, batch = await api.poll(rec.id)
         if ended:
             break
         on_status(f"batch {rec.id}: {rec.status}")
@@ -243,7 +245,7 @@ async def _collect(api, rec, ledger, items, on_answer, on_error, on_status, befo
             return  # still pending; a later run collects it
         await asyncio.sleep(api.teacher.cfg.poll_seconds)
     seen: set[str] = set()
-    for custom_id, completion, error in await api.results(rec.id):
+    for custom_id, completion, error in await api.results(batch):
         try:
             key = rec.ids[int(custom_id.removeprefix("doc-"))]
         except (ValueError, IndexError):

@@ -337,16 +337,15 @@ class _HttpTeacher(Teacher):
         reason = "no attempt made"
         for attempt in range(cfg.max_retries + 1):
             wait = None
-            if callable(data):
-                kwargs["data"] = data()
-            elif data is not None:
-                kwargs["data"] = data
+            sent = data() if callable(data) else data
             try:
-                async with self._session.request(method, url, headers=headers, **kwargs) as r:
-                    body = await r.read()
+                async with self._session.request(
+                    method, url, headers=headers, data=sent, **kwargs
+                ) as r:
+                    answer = await r.read()
                     if r.status < 300:
-                        return body
-                    reason = self._fail_or_reason(r.status, body.decode("utf-8", "replace"))
+                        return answer
+                    reason = self._fail_or_reason(r.status, answer.decode("utf-8", "replace"))
                     wait = retry_after_seconds(r.headers)
             except (aiohttp.ClientError, asyncio.TimeoutError) as err:
                 reason = type(err).__name__
