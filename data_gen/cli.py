@@ -183,15 +183,17 @@ def _teacher_config(args: argparse.Namespace, prefix: str = ""):
         max_retries=arg("max_retries"),
         timeout=arg("timeout"),
         backoff=arg("backoff"),
-        batch=getattr(args, f"{prefix}batch", False),
-        batch_size=getattr(args, f"{prefix}batch_size", 10_000),
-        poll_seconds=getattr(args, f"{prefix}poll_seconds", 60.0),
-        batch_wait=getattr(args, f"{prefix}batch_wait", True),
+        # The batch settings, where this command has them (the dataclass holds the defaults).
+        **{
+            name: getattr(args, prefix + name)
+            for name in ("batch", "batch_size", "poll_seconds", "batch_wait")
+            if hasattr(args, prefix + name)
+        },
     )
 
 
 def _gen(args: argparse.Namespace) -> int:
-    from data_gen.generate import GenConfig, estimate, generate
+    from data_gen.generate import GenConfig, estimate, generate, token_cost
 
     try:
         teacher = _teacher_config(args)
@@ -225,7 +227,7 @@ def _gen(args: argparse.Namespace) -> int:
     )
     if args.price_in is not None:
         tokens = (stats.prompt_tokens, stats.completion_tokens)
-        cost = (tokens[0] * args.price_in + tokens[1] * args.price_out) / 1e6
+        cost = token_cost(*tokens, args.price_in, args.price_out)
         cost /= 2 if args.batch else 1  # the batch APIs bill half
         print(
             f"nif gen: {tokens[0]:,} prompt + {tokens[1]:,} completion tokens in this folder "
@@ -245,6 +247,8 @@ def _gen(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace, est) -> int:
+    from data_gen.generate import token_cost
+
     skipped = ", ".join(f"{n} {r}" for r, n in sorted(est.skipped.items())) or "none"
     print(
         f"nif gen (dry run): {est.sampled} documents sampled (skipped: {skipped}), "
@@ -253,7 +257,9 @@ def _dry_run(args: argparse.Namespace, est) -> int:
         f"(--max-tokens {args.max_tokens} each)"
     )
     if args.price_in is not None:
-        cost = est.cost(args.price_in, args.price_out)
+        cost = token_cost(
+            est.prompt_tokens, est.max_completion_tokens, args.price_in, args.price_out
+        )
         if args.batch:
             line = f"at most ${cost / 2:,.2f} through the batch API (half of ${cost:,.2f})"
         else:

@@ -260,9 +260,12 @@ class Estimate:
     max_completion_tokens: int
     skipped: dict[str, int]
 
-    def cost(self, price_in: float, price_out: float) -> float:
-        """At most this many dollars at `price_in` / `price_out` dollars per million tokens."""
-        return (self.prompt_tokens * price_in + self.max_completion_tokens * price_out) / 1e6
+
+def token_cost(
+    prompt_tokens: int, completion_tokens: int, price_in: float, price_out: float
+) -> float:
+    """Dollars for these tokens at `price_in` / `price_out` dollars per million tokens."""
+    return (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
 
 
 def estimate(cfg: GenConfig, *, progress: bool = True) -> Estimate:
