@@ -26,7 +26,8 @@ def test_bench_lora_kernel_rows():
     for r in rows:
         for name in ("ours", "peft", "unfused"):
             assert r[f"{name}_fwd_ms"] > 0 and r[f"{name}_fwdbwd_ms"] > 0
-        assert r["speedup_fwdbwd_vs_peft"] == r["peft_fwdbwd_ms"] / r["ours_fwdbwd_ms"]
+        # On a CPU "ours" must be the torch path in fp32 (Triton would only run interpreted).
+        assert r["ours_path"] == "torch" and r["dtype"] == "float32"
 
 
 def test_bench_train_rows():

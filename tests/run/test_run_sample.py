@@ -58,11 +58,22 @@ def test_bad_settings_name_the_key(kwargs, flag):
 
 
 @pytest.mark.gpu
-def test_replies_on_the_gpu_in_half_precision(tiny):
+def test_replies_on_the_gpu_in_half_precision(tiny, monkeypatch):
     """On CUDA the sample stage runs the models in half precision on the GPUs (an 8B model in
     fp32 on the CPU would take the node's memory and minutes per prompt)."""
     import torch
+    from transformers import AutoModelForCausalLM
 
+    loads = []
+    load = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        model = load(*args, **kwargs)
+        loads.append((model.dtype, model.device.type))
+        return model
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
     replies = greedy_replies(tiny, ["Explain what a list is."], max_new_tokens=6)
     assert len(replies) == 1 and 0 <= replies[0].new_tokens <= 6
+    assert loads == [(loads[0][0], "cuda")] and loads[0][0] in (torch.float16, torch.bfloat16)
     assert torch.cuda.memory_allocated() < 64 * 2**20  # the model was let go afterwards
