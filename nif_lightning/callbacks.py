@@ -92,6 +92,8 @@ class LossScaleGuard(L.Callback):
 def _loss_scale(trainer) -> float | None:
     engine = getattr(trainer.strategy, "deepspeed_engine", None)
     if engine is not None and hasattr(engine, "optimizer"):
+        if not engine.fp16_enabled():
+            return None  # bf16/fp32 optimizers report a constant scale of 1: nothing to guard
         scale = getattr(engine.optimizer, "cur_scale", None)
         return float(scale) if scale is not None else None
     scaler = getattr(trainer.precision_plugin, "scaler", None)

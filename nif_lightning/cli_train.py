@@ -138,5 +138,5 @@ def _check_inputs(cfg, *, resume: bool) -> None:
         raise FileNotFoundError(f"`--data` {data} is not a directory")
     if not list((data / "shards").glob("*.arrow")):
         raise ValueError(f"`--data` {data} holds no shards/*.arrow (run `nif gen` first)")
-    if resume and not (Path(cfg.out) / "checkpoints" / "last.ckpt").is_file():
+    if resume and not (Path(cfg.out) / "checkpoints" / "last.ckpt").exists():  # DeepSpeed: a folder
         raise FileNotFoundError(f"`--resume`: no {Path(cfg.out) / 'checkpoints' / 'last.ckpt'}")

@@ -310,7 +310,7 @@ def _stage_filter(cfg: RunConfig) -> dict[str, Any]:
 def _stage_train(cfg: RunConfig) -> dict[str, Any]:
     from nif_lightning.training import run_training
 
-    resume = (cfg.run_dir / "checkpoints" / "last.ckpt").is_file()
+    resume = (cfg.run_dir / "checkpoints" / "last.ckpt").exists()  # a file, or DeepSpeed's folder
     run_training(cfg.train, resume=resume)
     return {"resumed": resume}
 

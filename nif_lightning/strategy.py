@@ -1,13 +1,22 @@
-"""Which Lightning strategy trains the model: DeepSpeed ZeRO on CUDA, the default elsewhere.
+"""Which Lightning strategy trains the model: DeepSpeed ZeRO (on CUDA or CPU ranks) or the default.
 
-The paper trained with DeepSpeed fp16 on 8x V100. Lightning's `DeepSpeedStrategy` runs only on
-CUDA, so on a CPU (CI, the quickstart) the same module trains with Lightning's default strategy.
+The paper trained with DeepSpeed fp16 on 8x V100. Lightning's `DeepSpeedStrategy` refuses any
+accelerator but CUDA, yet DeepSpeed itself has a CPU accelerator (gloo without oneCCL) that runs
+the same engine, ZeRO partitioning, loss scaler and checkpoint format. `NifDeepSpeedStrategy`
+lifts exactly Lightning's three CUDA-only spots, so `trainer.strategy: deepspeed` runs on CPU
+ranks too: that is how CI proves the DeepSpeed path without a GPU. `auto` still means DeepSpeed
+on CUDA and Lightning's default strategy elsewhere.
+
 The DeepSpeed config is built here as a plain dict so it can be unit-tested without a GPU.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 # DeepSpeed's dynamic loss scaling, as in the recipe (DESIGN.md "DeepSpeed under Lightning"):
 # start at 2^16, grow after 1000 clean steps, shrink only after 2 overflows in a row, floor 1.
@@ -18,6 +27,7 @@ _MIN_LOSS_SCALE = 1
 
 _STRATEGIES = ("auto", "deepspeed", "ddp")
 _PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "32")
+_OFFLOADS = ("none", "optimizer", "params", "both")
 
 
 @dataclass
@@ -25,7 +35,8 @@ class StrategyConfig:
     """How to distribute training."""
 
     strategy: str = "auto"
-    """`auto` (DeepSpeed on CUDA, Lightning's default elsewhere), `deepspeed` (CUDA) or `ddp`."""
+    """`auto` (DeepSpeed on CUDA, Lightning's default elsewhere), `deepspeed` (CUDA or CPU ranks)
+    or `ddp`."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage: 2 for 7B/8B (params whole on each GPU), 3 for 70B (params sharded)."""
     precision: str = "32-true"
@@ -34,6 +45,9 @@ class StrategyConfig:
     """Nodes (Lightning launches via SLURM `srun` or `torchrun`)."""
     devices: int | str = "auto"
     """Devices per node (`auto` or a count)."""
+    offload: str = "none"
+    """DeepSpeed CPU offload: `none`, `optimizer` (ZeRO >= 1), `params` (ZeRO-3: frozen weights
+    live in host memory and stream in per layer) or `both`."""
 
     def __post_init__(self) -> None:
         if self.strategy not in _STRATEGIES:
@@ -48,34 +62,58 @@ class StrategyConfig:
             )
         if self.num_nodes < 1:
             raise ValueError(f"`trainer.num_nodes` must be >= 1, got {self.num_nodes}")
+        if self.offload not in _OFFLOADS:
+            raise ValueError(f"`trainer.offload` must be one of {_OFFLOADS}, got {self.offload!r}")
+        if self.offload in ("params", "both") and self.zero_stage != 3:
+            raise ValueError(
+                f"`trainer.offload: {self.offload}` needs `trainer.zero_stage: 3` "
+                f"(got {self.zero_stage}): only ZeRO-3 partitions and offloads parameters"
+            )
         if not (self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1)):
             raise ValueError(
                 f"`trainer.devices` must be 'auto' or an int >= 1, got {self.devices!r}"
             )
 
 
-def deepspeed_config(zero_stage: int, precision: str) -> dict:
+# Our loaders yield ready (packed) micro-batches, one per step: DeepSpeed's "micro-batch size"
+# is 1 batch. Set here, Lightning never guesses it from `loader.batch_sampler` (None for our
+# `DataLoader(batch_size=None)`, which crashed every DeepSpeed run at setup).
+_MICRO_BATCHES_PER_STEP = 1
+# ZeRO-2 keeps two contiguous gradient buckets of this many elements (overlap_comm); LoRA on an 8B
+# model has ~2e7 trainable params, so DeepSpeed's 2e8 default would waste ~0.7 GB of fp16 buffers.
+_BUCKET_ELEMENTS = 50_000_000
+
+
+def deepspeed_config(zero_stage: int, precision: str, offload: str = "none") -> dict:
     """The DeepSpeed config dict for Lightning's `DeepSpeedStrategy(config=...)`.
 
-    No `gradient_accumulation_steps` and no batch size: Lightning's Trainer owns accumulation
-    (it raises if the DS config sets it) and fills the micro-batch size itself.
+    No `gradient_accumulation_steps`: Lightning's Trainer owns accumulation (it raises if the DS
+    config sets it).
     """
-    cfg: dict = {
-        "zero_optimization": {
-            "stage": zero_stage,
-            "contiguous_gradients": True,
-            "overlap_comm": True,
-            "allgather_partitions": True,
-            "reduce_scatter": True,
-            "allgather_bucket_size": 200_000_000,
-            "reduce_bucket_size": 200_000_000,
-        },
-        # Our AdamW is a plain torch optimizer over the (fp32) LoRA params.
-        "zero_allow_untested_optimizer": True,
+    zero: dict = {
+        "stage": zero_stage,
+        "contiguous_gradients": True,
+        "overlap_comm": True,
+        "allgather_partitions": True,
+        "reduce_scatter": True,
+        "allgather_bucket_size": _BUCKET_ELEMENTS,
+        "reduce_bucket_size": _BUCKET_ELEMENTS,
     }
     if zero_stage == 3:
         # Gather a layer's params before each use; export gathers explicitly (callbacks.py).
-        cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = False
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    if offload in ("optimizer", "both"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if offload in ("params", "both"):
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    cfg: dict = {
+        "train_micro_batch_size_per_gpu": _MICRO_BATCHES_PER_STEP,
+        "zero_optimization": zero,
+        # Our AdamW is a plain torch optimizer over the LoRA params (a few hundred MB of state
+        # even at 70B), also when offloaded: DeepSpeed's CPU Adam would need a compiled op.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+    }
     if precision == "16-mixed":
         cfg["fp16"] = {
             "enabled": True,
@@ -91,15 +129,10 @@ def deepspeed_config(zero_stage: int, precision: str) -> dict:
 
 
 def uses_deepspeed(cfg: StrategyConfig, *, cuda_available: bool | None = None) -> bool:
-    """True when this run trains under DeepSpeed; raises if DeepSpeed is asked for without CUDA."""
+    """True when this run trains under DeepSpeed: asked for, or `auto` on CUDA."""
     import torch
 
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
-    if cfg.strategy == "deepspeed" and not cuda:
-        raise ValueError(
-            "`--strategy deepspeed` needs CUDA GPUs (Lightning's DeepSpeedStrategy is CUDA-only); "
-            "use `--strategy auto` on this machine"
-        )
     return cfg.strategy == "deepspeed" or (cfg.strategy == "auto" and cuda)
 
 
@@ -107,10 +140,45 @@ def build_strategy(cfg: StrategyConfig, *, cuda_available: bool | None = None):
     """A Lightning strategy object or name for `Trainer(strategy=...)`."""
     if not uses_deepspeed(cfg, cuda_available=cuda_available):
         return cfg.strategy  # "auto" or "ddp"
-    from lightning.pytorch.strategies import DeepSpeedStrategy
-
-    return DeepSpeedStrategy(
-        config=deepspeed_config(cfg.zero_stage, cfg.precision),
+    return NifDeepSpeedStrategy(
+        config=deepspeed_config(cfg.zero_stage, cfg.precision, cfg.offload),
         # Checkpoints hold only the LoRA params and their optimizer state (GBs, not 50 GB).
         exclude_frozen_parameters=True,
     )
+
+
+class NifDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's `DeepSpeedStrategy`, also on CPU ranks; see the module docstring."""
+
+    def setup_environment(self) -> None:
+        if self.root_device.type == "cuda":
+            super().setup_environment()
+        else:
+            DDPStrategy.setup_environment(self)  # skips only the "CUDA GPUs only" refusal
+
+    def setup_distributed(self) -> None:
+        if self.root_device.type == "cuda":
+            super().setup_distributed()
+            return
+        # As Lightning's, minus the check of device indices against CUDA_VISIBLE_DEVICES.
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+        if self.root_device.type == "cuda":
+            return super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
+        import deepspeed
+
+        # Lightning passes `device_rank=root_device.index`, None on CPU, which DeepSpeed
+        # compares with 0; the CPU accelerator takes the local rank.
+        engine, ds_optimizer, _, _ = deepspeed.initialize(
+            args=argparse.Namespace(device_rank=self.local_rank),
+            config=self.config,
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            dist_init_required=False,
+        )
+        return engine, ds_optimizer

@@ -29,8 +29,22 @@ def test_strategy_choice():
     assert build_strategy(StrategyConfig(), cuda_available=False) == "auto"
     assert uses_deepspeed(StrategyConfig(), cuda_available=True)
     assert not uses_deepspeed(StrategyConfig(strategy="ddp"), cuda_available=True)
-    with pytest.raises(ValueError, match="--strategy deepspeed"):
-        uses_deepspeed(StrategyConfig(strategy="deepspeed"), cuda_available=False)
+    # DeepSpeed on CPU ranks is a real option now (tests/train/test_train_deepspeed.py runs it).
+    assert uses_deepspeed(StrategyConfig(strategy="deepspeed"), cuda_available=False)
+
+
+def test_micro_batch_and_offload_are_in_the_config():
+    """Lightning guesses the micro-batch size from `loader.batch_sampler` unless the config has
+    it; our loaders have none (batch_size=None), which crashed every DeepSpeed run at setup."""
+    assert deepspeed_config(2, "16-mixed")["train_micro_batch_size_per_gpu"] == 1
+    zero = deepspeed_config(3, "16-mixed", "params")["zero_optimization"]
+    assert zero["offload_param"]["device"] == "cpu" and "offload_optimizer" not in zero
+    zero = deepspeed_config(2, "16-mixed", "optimizer")["zero_optimization"]
+    assert zero["offload_optimizer"]["device"] == "cpu" and "offload_param" not in zero
+    with pytest.raises(ValueError, match="trainer.zero_stage: 3"):
+        StrategyConfig(strategy="deepspeed", zero_stage=2, offload="params")
+    with pytest.raises(ValueError, match="trainer.offload"):
+        StrategyConfig(offload="gpu")
 
 
 def test_deepspeed_strategy_builds_on_cpu():
@@ -38,21 +52,17 @@ def test_deepspeed_strategy_builds_on_cpu():
     from deepspeed.runtime.config import DeepSpeedConfig
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
+    from nif_lightning.strategy import NifDeepSpeedStrategy
+
     strategy = build_strategy(
         StrategyConfig(strategy="deepspeed", zero_stage=3, precision="16-mixed"),
         cuda_available=True,
     )
-    assert isinstance(strategy, DeepSpeedStrategy)
+    assert isinstance(strategy, NifDeepSpeedStrategy) and isinstance(strategy, DeepSpeedStrategy)
     assert strategy.exclude_frozen_parameters
     assert strategy.config["zero_optimization"]["stage"] == 3
-    # DeepSpeed itself accepts the dict once a batch size is filled in (as Lightning does).
-    ds = DeepSpeedConfig(
-        {
-            **deepspeed_config(2, "16-mixed"),
-            "train_micro_batch_size_per_gpu": 8,
-            "gradient_accumulation_steps": 4,
-        }
-    )
+    # DeepSpeed itself accepts the dict once Lightning adds the accumulation.
+    ds = DeepSpeedConfig({**deepspeed_config(2, "16-mixed"), "gradient_accumulation_steps": 4})
     assert ds.float16_config.enabled and ds.zero_optimization_stage == 2
     fp16 = ds.float16_config
     assert fp16.initial_scale_power == 16 and fp16.hysteresis == 2 and fp16.min_loss_scale == 1
