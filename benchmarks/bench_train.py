@@ -7,7 +7,7 @@
                                                             # GPU, offline: random 1B weights
 
 (a) HF Transformers + PEFT with padded batches: the stack the paper used (LLaMA-Factory);
-(b) ours, padded: `NifLoraModule`'s model (fused LoRA kernels) on the same padded batches;
+(b) ours, padded: `NifLoraModule` (fused LoRA kernels, chunked loss) on the same padded batches;
 (c) ours, packed: the same model on packed rows with exact per-sample attention.
 
 The data: prompt + completion lengths drawn log-normal (median ~300 tokens, capped at the
@@ -99,14 +99,15 @@ def packed_batches(samples, budget: int, seed: int = 0):
     ]
 
 
-def _step_fn(model, device):
+def _step_fn(model, device, loss_fn=None):
+    """One optimizer step on a batch; `loss_fn(inputs)` replaces the model's own loss."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     model.train()
 
     def step(batch):
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["inputs"].items()}
-        loss = model(**inputs).loss
+        loss = loss_fn(inputs) if loss_fn else model(**inputs).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -197,8 +198,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch_dtype = getattr(torch, dtype)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(device)
     stock = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=list(LORA_TARGETS)))
-    ours = NifLoraModule(model_path, dtype=dtype).model.to(device)
-    stock_step, ours_step = _step_fn(stock, device), _step_fn(ours, device)
+    ours = NifLoraModule(model_path, dtype=dtype)
+    ours.configure_model()
+    ours.to(device)
+    stock_step = _step_fn(stock, device)
+    ours_step = _step_fn(ours.model, device, loss_fn=lambda inputs: ours.lm_loss(inputs)[0])
     variants = {
         "a_hf_peft_padded": (stock_step, padded),
         "b_ours_padded": (ours_step, padded),

@@ -32,11 +32,19 @@ class ModelSection:
     """Exact block-diagonal attention for packed batches."""
     tiny: bool = False
     """Offline stand-in: write the tiny random model (`nif tiny-model`) at `path` if missing."""
+    gradient_checkpointing: bool | str = "auto"
+    """Recompute each decoder layer in backward (non-reentrant): `auto` turns it on exactly when
+    the memory plan (`nif plan`) needs it on CUDA; `true` / `false` force it."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(
                 f"`model.dtype` must be float32, float16 or bfloat16, got {self.dtype!r}"
+            )
+        if self.gradient_checkpointing not in (True, False, "auto"):
+            raise ValueError(
+                "`model.gradient_checkpointing` must be auto, true or false, "
+                f"got {self.gradient_checkpointing!r}"
             )
 
 

@@ -1,10 +1,19 @@
 """The LightningModule: a Hugging Face causal LM with PEFT LoRA on every linear layer but lm_head.
 
 Batch contract (from the DataModule): `{"inputs": {forward kwargs incl. labels}, "stats":
-{"tokens", "slots", "samples", "loss_tokens"}}`. The loss is the model's own shifted
-cross-entropy on `labels` (-100 over the prompt: the `vanilla` template trains on the response
-and EOS only). Only LoRA params train; they stay fp32 even when the backbone is fp16, so the
-optimizer state is fp32 too (the fp16-on-V100 failure mode of DESIGN.md).
+{"tokens", "slots", "samples", "loss_tokens"}}`. The loss is the model's shifted cross-entropy on
+`labels` (-100 over the prompt: the `vanilla` template trains on the response and EOS only),
+computed over `lm_head` in token chunks (`loss.py`): the (T, V) fp32 logits never exist, which
+at 8,192 tokens and a 128k vocabulary saves ~6 GB per GPU. Only LoRA params train; outside
+DeepSpeed they stay fp32 even when the backbone is fp16, so the optimizer state is fp32 too (the
+fp16-on-V100 failure mode of DESIGN.md); DeepSpeed keeps its own fp32 master copies.
+
+The model is built in `configure_model`, Lightning's hook for sharded construction: under
+DeepSpeed ZeRO-3 it runs inside `deepspeed.zero.Init`, so each parameter is partitioned as it is
+created, and the checkpoint is read slice by slice (`loading.py`): a rank never holds more than
+its share of the frozen weights (70B in fp16 is 140 GB: whole on each of 8 ranks it would be
+1.1 TB of host memory). LoRA weights are initialised from the seed and their names alone, so
+ZeRO-2 and ZeRO-3 runs start from the same adapter.
 """
 
 from __future__ import annotations
@@ -80,6 +89,8 @@ class NifLoraModule(L.LightningModule):
         dtype: str = "float32",
         fused_lora: bool = True,
         packed_attention: bool = True,
+        gradient_checkpointing: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if dtype not in _DTYPES:
@@ -90,7 +101,9 @@ class NifLoraModule(L.LightningModule):
         self.dtype_name = dtype
         self.fused_lora = fused_lora
         self.packed_attention = packed_attention
-        self.model = self._build_model()
+        self.gradient_checkpointing = gradient_checkpointing
+        self.seed = seed
+        self.model = None  # built by `configure_model`
         self.save_hyperparameters(ignore=["lora", "optim"])
         from torchmetrics.aggregation import MeanMetric
 
@@ -98,29 +111,40 @@ class NifLoraModule(L.LightningModule):
         self.val_loss = MeanMetric()
         self.val_acc = MeanMetric()
 
-    def _build_model(self):
+    def configure_model(self) -> None:
+        """Build the model once (Lightning calls this inside its sharded-construction context)."""
+        if self.model is not None:
+            return
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(
-            self.model_name_or_path, dtype=_DTYPES[self.dtype_name]
-        )
-        config = LoraConfig(
+        from nif_lightning.loading import load_causal_lm, outside_zero3_init
+
+        base = load_causal_lm(self.model_name_or_path, _DTYPES[self.dtype_name])
+        lora = LoraConfig(
             r=self.lora.r,
             lora_alpha=self.lora.alpha,
             lora_dropout=self.lora.dropout,
             target_modules=list(self.lora.targets),
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(base, config)
-        # LoRA params (and hence AdamW's state) in fp32 whatever the backbone dtype.
+        with outside_zero3_init():  # LoRA params whole here; DeepSpeed partitions them at setup
+            model = get_peft_model(base, lora)
         for name, param in model.named_parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
-            elif "lora_" in name:
+            if "lora_" in name and not param.requires_grad:
                 raise RuntimeError(f"LoRA param {name} is frozen")  # PEFT contract changed
+        init_lora_weights(model, self.seed)
+        if self.gradient_checkpointing:
+            # Non-reentrant: needs no grad-requiring inputs (PEFT's frozen embeddings) and
+            # recomputes custom ops (the fused LoRA kernel) like any other. Transformers 5 renamed
+            # the switch; 4.x has only the old name.
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable({"use_reentrant": False})
         self._switch_kernels(model)
-        return model
+        # `from_pretrained` returns eval mode and Lightning keeps modules' modes: without this
+        # LoRA dropout would never be applied.
+        self.model = model.train()
 
     def _switch_kernels(self, model) -> None:
         # Optional speed-ups from sibling modules; each falls back to the stock path with a
@@ -143,29 +167,33 @@ class NifLoraModule(L.LightningModule):
 
     # ---- counts used by the throughput callback (4N + 6P FLOPs per token) ----
     def param_counts(self) -> tuple[int, int]:
-        """(frozen N, trainable P)."""
-        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        """(frozen N, trainable P); whole counts also when ZeRO-3 has partitioned them."""
+        frozen = sum(_numel(p) for p in self.model.parameters() if not p.requires_grad)
+        trainable = sum(_numel(p) for p in self.model.parameters() if p.requires_grad)
         return frozen, trainable
 
     def forward(self, **inputs):
         return self.model(**inputs)
 
+    def lm_loss(self, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean loss, counted tokens, correct argmax predictions) of a batch's `inputs`."""
+        from nif_lightning.loss import chunked_lm_loss
+
+        base = self.model.get_base_model()
+        kwargs = {k: v for k, v in inputs.items() if k != "labels"}
+        hidden = base.get_decoder()(**kwargs).last_hidden_state  # (B, T, H)
+        head = base.get_output_embeddings()
+        return chunked_lm_loss(hidden, head.weight, inputs["labels"], bias=head.bias)
+
     def training_step(self, batch, batch_idx):
-        out = self.model(**batch["inputs"])
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=_samples(batch))
-        return out.loss
+        loss, _, _ = self.lm_loss(batch["inputs"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=_samples(batch))
+        return loss
 
     def validation_step(self, batch, batch_idx):
-        inputs = batch["inputs"]
-        out = self.model(**inputs)
-        labels = inputs["labels"][:, 1:]  # (B, T-1): the shifted targets HF's loss uses
-        mask = labels != -100
-        n = mask.sum()
-        pred = out.logits[:, :-1].argmax(-1)  # (B, T-1)
-        acc = (pred[mask] == labels[mask]).float().mean() if n > 0 else out.loss.new_zeros(())
-        self.val_loss.update(out.loss.detach().float(), weight=n)
-        self.val_acc.update(acc.detach(), weight=n)
+        loss, n, correct = self.lm_loss(batch["inputs"])
+        self.val_loss.update(loss.detach().float(), weight=n)
+        self.val_acc.update(correct / n.clamp(min=1), weight=n)
 
     def on_validation_epoch_end(self):
         loss = self.val_loss.compute()
@@ -205,3 +233,29 @@ class NifLoraModule(L.LightningModule):
 
 def _samples(batch) -> int:
     return int(batch["stats"]["samples"])
+
+
+def _numel(param: torch.Tensor) -> int:
+    return getattr(param, "ds_numel", param.numel())  # ZeRO-3 keeps the whole size here
+
+
+def init_lora_weights(model: torch.nn.Module, seed: int) -> None:
+    """PEFT's default LoRA init (A: Kaiming-uniform with a = sqrt(5), B: zeros), drawn from a
+    generator seeded by `seed` and each parameter's name, in fp32.
+
+    The same adapter comes out whatever else consumed the global RNG (a sliced ZeRO-3 load and
+    `from_pretrained` draw differently), so ZeRO-2 and ZeRO-3 runs start alike.
+    Trainable params are made fp32 here (outside DeepSpeed the optimizer state follows them).
+    """
+    import zlib
+
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if "lora_B" in name:
+            value = torch.zeros(param.shape)
+        else:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            bound = 1.0 / math.sqrt(param.shape[1])  # kaiming_uniform_(a=sqrt(5))
+            value = torch.empty(param.shape).uniform_(-bound, bound, generator=g)
+        param.data = value.to(param.device)

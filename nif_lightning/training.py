@@ -69,6 +69,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path:
         dtype=cfg.model.dtype,
         fused_lora=cfg.model.fused_lora,
         packed_attention=cfg.model.packed_attention,
+        gradient_checkpointing=cfg.model.gradient_checkpointing is True,
+        seed=cfg.seed,
     )
     trainer = build_trainer(cfg, out)
     ckpt = str(out / "checkpoints" / "last.ckpt") if resume else None

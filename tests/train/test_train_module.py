@@ -83,6 +83,7 @@ def test_training_lowers_loss_and_exports_a_stock_peft_adapter(tiny, tmp_path):
         fused_lora=False,
         packed_attention=False,
     )
+    module.configure_model()  # what the Trainer calls first
     trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert len(trainable) == 2 * 7 * 2  # A and B for 7 projections x 2 layers
@@ -124,6 +125,7 @@ def test_resume_continues_from_last_checkpoint(tiny, tmp_path):
 
 def test_fp32_lora_on_fp16_backbone(tiny):
     module = NifLoraModule(str(tiny), dtype="float16", fused_lora=False, packed_attention=False)
+    module.configure_model()
     for name, p in module.model.named_parameters():
         assert p.dtype == (torch.float32 if p.requires_grad else torch.float16), name
 
