@@ -73,7 +73,10 @@ def test_replies_on_the_gpu_in_half_precision(tiny, monkeypatch):
         return model
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    # Other GPU tests in this process may hold memory of their own (measured: 65 MiB on an
+    # H100 after the kernel tests): judge what this call leaves behind.
+    before = torch.cuda.memory_allocated()
     replies = greedy_replies(tiny, ["Explain what a list is."], max_new_tokens=6)
     assert len(replies) == 1 and 0 <= replies[0].new_tokens <= 6
     assert loads == [(loads[0][0], "cuda")] and loads[0][0] in (torch.float16, torch.bfloat16)
-    assert torch.cuda.memory_allocated() < 64 * 2**20  # the model was let go afterwards
+    assert torch.cuda.memory_allocated() - before < 2**20  # the model was let go afterwards
