@@ -16,7 +16,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["nif_lightning*", "kernels*", "data_gen*"]),
     include_package_data=True,
-    package_data={"nif_lightning.evaluation": ["data/*.jsonl"]},
+    package_data={
+        "nif_lightning.evaluation": ["data/*.jsonl"],
+        "nif_lightning": ["model_shapes/*.json"],
+    },
     # GPU users install their own CUDA build of torch first; `pip install torch==2.13.0`
     # gives the CPU build used by CI.
     install_requires=[

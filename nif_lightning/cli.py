@@ -14,6 +14,7 @@ import sys
 _COMMAND_MODULES = (
     "data_gen.cli",  # gen, filter, export
     "nif_lightning.cli_train",  # tiny-model, train, merge
+    "nif_lightning.cli_plan",  # plan: per-GPU memory of a training config
     "nif_lightning.cli_run",  # run: all stages from one config
     "nif_lightning.cli_eval",  # eval, eval compare: the paper's benchmarks
 )

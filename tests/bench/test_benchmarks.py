@@ -3,7 +3,7 @@ hold figures that are physically possible. (Speed itself is never asserted.)"""
 
 from __future__ import annotations
 
-from benchmarks import bench_gen, bench_lora_kernel, bench_train
+from benchmarks import bench_gen, bench_lora_kernel, bench_memory, bench_train
 
 
 def test_bench_gen_rows():
@@ -57,3 +57,21 @@ def test_synthetic_1b_has_a_1b_class_shape():
     params = sum(p.numel() for p in model.parameters())
     assert 1.2e9 < params < 1.3e9  # Llama-3.2-1B: 1.24B with tied embeddings
     assert len(tok) < model.config.vocab_size  # every token id the samples use is in range
+
+
+def test_bench_memory_rows():
+    rows = bench_memory.main(["--quick", "--no-write"])
+    plans = [r for r in rows if r["kind"] == "plan"]
+    probes = [r for r in rows if r["kind"] == "probe"]
+    assert [r["gpu"] for r in plans] == list(bench_memory.GPUS_GB)  # one recipe x every GPU
+    for r in plans:
+        parts = sum(r[f"{k}_gb"] for k in bench_memory._TERMS if k != "total")
+        assert abs(parts - r["total_gb"]) < 0.01
+        assert r["fits"] == (r["total_gb"] <= r["capacity_gb"])
+    by_gpu = {r["gpu"]: r for r in plans}
+    assert by_gpu["v100-32gb"]["fits"] and not by_gpu["v100-16gb"]["fits"]
+    # The meta probe and the real layer on this CPU run the same code but for the attention
+    # kernel: the saved bytes and the forward + backward peaks agree.
+    (probe,) = probes
+    assert probe["dtype"] == "float32" and probe["measured_saved_mib"] > 0
+    assert abs(probe["saved_ratio"] - 1) < 0.02 and abs(probe["peak_ratio"] - 1) < 0.05
