@@ -31,6 +31,11 @@ def register(subparsers) -> None:
         default=str(DEFAULT_CONFIG),
         help=f"run config YAML (default: {DEFAULT_CONFIG})",
     )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="train even when the memory plan (checked on CUDA before `gen`) does not fit",
+    )
     run.set_defaults(func=_run)
 
 
@@ -42,9 +47,12 @@ def _run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"nif run: {err}", file=sys.stderr)
         return 2
+    from nif_lightning.memory import PlanError
+    from nif_lightning.training import PlanDoesNotFit
+
     try:
-        report = run_pipeline(cfg)
-    except FileNotFoundError as err:  # the model, checked before the first stage
+        report = run_pipeline(cfg, force=args.force)
+    except (FileNotFoundError, PlanDoesNotFit, PlanError) as err:  # before the first stage
         print(f"nif run: {err}", file=sys.stderr)
         return 2
     except (RuntimeError, ValueError) as err:

@@ -74,7 +74,9 @@ def register_train(subparsers) -> None:
         help="LoRA-fine-tune a causal LM on nif data; export the adapter and a merged model",
         description=(
             "Train LoRA adapters with Lightning (DeepSpeed ZeRO on CUDA, the default strategy on "
-            "CPU), then write OUT/adapter (PEFT) and OUT/merged (safetensors + tokenizer).\n\n"
+            "CPU), then write OUT/adapter (PEFT) and OUT/merged (safetensors + tokenizer). On "
+            "CUDA the run's memory is planned first for this GPU (as `nif plan` does) and a plan "
+            "that does not fit is refused unless --force.\n\n"
             "example:\n  nif train --config configs/quickstart.yaml --max-steps 20"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -90,6 +92,11 @@ def register_train(subparsers) -> None:
     train.add_argument("--precision", default=None, help="32-true | 16-mixed | bf16-mixed")
     train.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt"
+    )
+    train.add_argument(
+        "--force",
+        action="store_true",
+        help="start even when the memory plan (printed first on CUDA; see `nif plan`) does not fit",
     )
     train.set_defaults(func=_train)
 
@@ -116,9 +123,14 @@ def _train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"nif train: {err}", file=sys.stderr)
         return 2
-    from nif_lightning.training import run_training
+    from nif_lightning.memory import PlanError
+    from nif_lightning.training import PlanDoesNotFit, run_training
 
-    out = run_training(cfg, resume=args.resume)
+    try:
+        out = run_training(cfg, resume=args.resume, force=args.force)
+    except (PlanDoesNotFit, PlanError) as err:
+        print(f"nif train: {err}", file=sys.stderr)
+        return 2
     print(f"adapter: {out / 'adapter'}\nmerged model: {out / 'merged'}")
     return 0
 

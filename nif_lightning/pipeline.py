@@ -20,6 +20,7 @@ the keys, rather than silently mixing two runs in one folder.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import time
@@ -225,9 +226,10 @@ def _is_global_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
-def run_pipeline(cfg: RunConfig, *, log=print) -> dict[str, Any] | None:
+def run_pipeline(cfg: RunConfig, *, force: bool = False, log=print) -> dict[str, Any] | None:
     """Run (or continue) every stage; returns the report dict (None in a training process of
-    rank > 0, which stops after training)."""
+    rank > 0, which stops after training). `force` trains even when the memory plan does not
+    fit this machine's GPU."""
     from nif_lightning.report import build_report
 
     run_dir = cfg.run_dir
@@ -238,6 +240,10 @@ def run_pipeline(cfg: RunConfig, *, log=print) -> dict[str, Any] | None:
     if not state.done("train", prints["train"]) and not model.tiny:
         # Before `gen` spends hours (and money): a gated or misspelled model fails now.
         check_model(model.path, what="`model.path`")
+    if not state.done("train", prints["train"]):
+        from nif_lightning.training import plan_gate
+
+        plan_gate(cfg.train, force=force, log=log)  # on CUDA; a plan that cannot fit stops here
     summary: dict[str, Any] = {}
     for stage in STAGES:
         if stage == "filter" and cfg.filter_args is None:
@@ -258,7 +264,10 @@ def run_pipeline(cfg: RunConfig, *, log=print) -> dict[str, Any] | None:
             )
         log(f"[nif run] {stage}: starting")
         t0 = time.perf_counter()
-        info = _STAGE_FUNCS[stage](cfg) or {}
+        run_stage = _STAGE_FUNCS[stage]
+        if stage == "train":
+            run_stage = functools.partial(run_stage, force=force)
+        info = run_stage(cfg) or {}
         if not _is_global_zero():
             # On several GPUs Lightning starts one process per extra device by re-running this
             # command; such a process finds gen/filter done and joins training. Its part ends
@@ -307,11 +316,11 @@ def _stage_filter(cfg: RunConfig) -> dict[str, Any]:
     return {}
 
 
-def _stage_train(cfg: RunConfig) -> dict[str, Any]:
+def _stage_train(cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:
     from nif_lightning.training import run_training
 
     resume = (cfg.run_dir / "checkpoints" / "last.ckpt").exists()  # a file, or DeepSpeed's folder
-    run_training(cfg.train, resume=resume)
+    run_training(cfg.train, resume=resume, force=force)
     return {"resumed": resume}
 
 

@@ -1,7 +1,13 @@
-"""One `nif train` run: build data, module, strategy and callbacks; fit; export; merge.
+"""One `nif train` run: plan its memory, build data, module, strategy and callbacks; fit; export;
+merge.
+
+On CUDA the run is planned first (`memory.plan_memory`, what `nif plan` prints) for this
+machine's GPU: the plan is printed, `model.gradient_checkpointing: auto` becomes what the plan
+needs, and a plan that does not fit is refused (with the knobs that would make it fit) unless
+forced: an out-of-memory error an hour into loading a 70B model is the failure this prevents.
 
 Layout of OUT: `adapter/` (PEFT), `merged/` (safetensors + tokenizer), `checkpoints/` (Lightning,
-LoRA params only, `last.ckpt` for `--resume`), `logs/` (CSV logger).
+LoRA params only, `last.ckpt` for `--resume`: a file, or a folder under DeepSpeed), `logs/`.
 """
 
 from __future__ import annotations
@@ -9,6 +15,41 @@ from __future__ import annotations
 from pathlib import Path
 
 from nif_lightning.config import TrainConfig
+
+
+class PlanDoesNotFit(ValueError):
+    """The memory plan of a run exceeds its GPU (refused before anything heavy starts)."""
+
+
+def plan_gate(cfg: TrainConfig, *, force: bool = False, gpu=None, log=print) -> bool:
+    """Plan `cfg` on this machine's GPU (or `gpu`, a `memory.GpuSpec`); print the plan on rank 0;
+    raise `PlanDoesNotFit` unless it fits or `force`. Returns whether activations are
+    checkpointed: `auto` as the plan resolved it, and off on a CPU, where nothing is planned."""
+    import os
+
+    import torch
+
+    setting = cfg.model.gradient_checkpointing
+    if gpu is None and not torch.cuda.is_available():
+        return setting is True
+    from nif_lightning.memory import GpuSpec, plan_memory
+
+    devices = cfg.trainer.devices
+    if devices == "auto":
+        devices = torch.cuda.device_count() if gpu is None else 1
+    plan = plan_memory(cfg, gpu or GpuSpec.from_cuda(0), devices=devices)
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        log(plan.table())
+    if not plan.fits and not force:
+        fixes = [s for s in plan.suggestions if s.fits]
+        hint = "; ".join(", ".join(f"{k}: {v}" for k, v in s.settings.items()) for s in fixes)
+        raise PlanDoesNotFit(
+            f"the memory plan needs {plan.total / 1e9:.1f} GB per GPU, the {plan.gpu} has "
+            f"{plan.capacity_bytes / 1e9:.1f} GB"
+            + (f"; this would fit: {hint}" if hint else "; no single setting makes it fit")
+            + ". Pass `--force` to start anyway."
+        )
+    return plan.gradient_checkpointing
 
 
 def build_trainer(cfg: TrainConfig, out: Path):
@@ -45,8 +86,8 @@ def build_trainer(cfg: TrainConfig, out: Path):
     )
 
 
-def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path:
-    """Train per `cfg`; returns OUT."""
+def run_training(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Path:
+    """Train per `cfg`; returns OUT. `force` starts a run whose memory plan does not fit."""
     import lightning as L
 
     from nif_lightning.data import DataConfig, NifDataModule
@@ -59,6 +100,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path:
         from nif_lightning.tiny_model import save_tiny_model
 
         save_tiny_model(cfg.model.path, seed=cfg.seed)
+    checkpointing = plan_gate(cfg, force=force)
     L.seed_everything(cfg.seed, workers=True)
     # Data first: an empty or foreign folder should fail before the model is loaded.
     datamodule = NifDataModule(cfg.data.dir, cfg.model.path, DataConfig(**cfg.data.options))
@@ -69,7 +111,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False) -> Path:
         dtype=cfg.model.dtype,
         fused_lora=cfg.model.fused_lora,
         packed_attention=cfg.model.packed_attention,
-        gradient_checkpointing=cfg.model.gradient_checkpointing is True,
+        gradient_checkpointing=checkpointing,
         seed=cfg.seed,
     )
     trainer = build_trainer(cfg, out)
