@@ -192,6 +192,10 @@ class NifLoraModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         loss, n, correct = self.lm_loss(batch["inputs"])
+        # Under ZeRO-3 DeepSpeed places the parameters and Lightning never moves the module, so
+        # the metrics' states would stay on the CPU (a no-op once they are on the loss's device).
+        self.val_loss.to(loss.device)
+        self.val_acc.to(loss.device)
         self.val_loss.update(loss.detach().float(), weight=n)
         self.val_acc.update(correct / n.clamp(min=1), weight=n)
 
@@ -252,10 +256,12 @@ def init_lora_weights(model: torch.nn.Module, seed: int) -> None:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        # Drawn on the CPU whatever the default device (Lightning builds under CUDA's): the
+        # same numbers on every machine.
         if "lora_B" in name:
-            value = torch.zeros(param.shape)
+            value = torch.zeros(param.shape, device="cpu")
         else:
             g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
             bound = 1.0 / math.sqrt(param.shape[1])  # kaiming_uniform_(a=sqrt(5))
-            value = torch.empty(param.shape).uniform_(-bound, bound, generator=g)
+            value = torch.empty(param.shape, device="cpu").uniform_(-bound, bound, generator=g)
         param.data = value.to(param.device)

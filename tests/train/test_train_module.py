@@ -138,3 +138,20 @@ def test_bad_settings_name_the_key():
     with pytest.raises(ValueError, match="optim.lr"):
         OptimSettings(lr=0)
     assert flops_per_token(10, 2) == 52
+
+
+def test_lora_init_is_seeded_and_ignores_the_default_device(tiny):
+    """Lightning builds the model under the accelerator's default device (CUDA); the LoRA init
+    must still draw the same CPU numbers (it once failed there: a CPU generator, CUDA tensors)."""
+    from nif_lightning.module import init_lora_weights
+
+    module = NifLoraModule(str(tiny), seed=5, fused_lora=False, packed_attention=False)
+    module.configure_model()
+    first = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+    with torch.device("meta"):  # stands in for CUDA here: any default device but the CPU
+        init_lora_weights(module.model, 5)
+    for name, p in module.model.named_parameters():
+        if p.requires_grad:
+            assert p.device.type == "cpu"
+            torch.testing.assert_close(p.detach(), first[name], atol=0, rtol=0)
+    assert any(v.abs().sum() > 0 for n, v in first.items() if "lora_A" in n)
