@@ -152,10 +152,12 @@ def _chunk(h, weight, bias, y, n, with_grad):
     ce = (top + total.log() - target).sum()
     if not with_grad:
         return ce, hits, None
-    # d(sum CE / n)/d logits = (softmax - onehot) / n, in place over the logits.
-    probs.div_(total[:, None] * n)
-    probs[torch.arange(y.numel(), device=y.device), y] -= 1.0 / n
-    dh = probs.to(compute_dtype) @ weight  # (c, H), rounded as HF's autograd rounds
+    # d(sum CE / n)/d logits = (softmax - onehot) / n. The 1/n is applied after the 16-bit
+    # matmul, in fp32: before it, an fp16 gradient of ~1e-6 would round into the subnormals
+    # (HF's autograd multiplies by the loss scale first; ours is applied in backward).
+    probs.div_(total[:, None])  # softmax, in place over the logits
+    probs[torch.arange(y.numel(), device=y.device), y] -= 1.0
+    dh = (probs.to(compute_dtype) @ weight).float().div_(n)  # (c, H) fp32
     return ce, hits, dh
 
 
