@@ -9,8 +9,9 @@ import argparse
 import json
 import sys
 
-# Kept here (not imported from memory.py) so `nif --help` does not import torch.
-_GPUS = ("v100-16gb", "v100-32gb", "a100-40gb", "a100-80gb", "h100-80gb")
+from nif_lightning.memory import GPUS_GB  # memory.py imports torch only inside functions
+
+_GPUS = tuple(GPUS_GB)
 
 
 def register(subparsers) -> None:

@@ -221,9 +221,9 @@ def _fingerprints(cfg: RunConfig) -> dict[str, dict[str, Any]]:
 
 
 def _is_global_zero() -> bool:
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+    from nif_lightning.training import is_global_zero
 
-    return getattr(rank_zero_only, "rank", 0) == 0
+    return is_global_zero()
 
 
 def run_pipeline(cfg: RunConfig, *, force: bool = False, log=print) -> dict[str, Any] | None:

@@ -21,24 +21,40 @@ class PlanDoesNotFit(ValueError):
     """The memory plan of a run exceeds its GPU (refused before anything heavy starts)."""
 
 
+def is_global_zero() -> bool:
+    """Rank 0 of the whole job, as Lightning reads it from the launcher's environment (RANK,
+    SLURM_PROCID, ...), also before the process group exists."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def plan_gate(cfg: TrainConfig, *, force: bool = False, gpu=None, log=print) -> bool:
     """Plan `cfg` on this machine's GPU (or `gpu`, a `memory.GpuSpec`); print the plan on rank 0;
     raise `PlanDoesNotFit` unless it fits or `force`. Returns whether activations are
     checkpointed: `auto` as the plan resolved it, and off on a CPU, where nothing is planned."""
-    import os
-
     import torch
 
     setting = cfg.model.gradient_checkpointing
     if gpu is None and not torch.cuda.is_available():
         return setting is True
-    from nif_lightning.memory import GpuSpec, plan_memory
+    from nif_lightning.memory import GpuSpec, PlanError, plan_memory
 
     devices = cfg.trainer.devices
     if devices == "auto":
         devices = torch.cuda.device_count() if gpu is None else 1
-    plan = plan_memory(cfg, gpu or GpuSpec.from_cuda(0), devices=devices)
-    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+    try:
+        plan = plan_memory(cfg, gpu or GpuSpec.from_cuda(0), devices=devices)
+    except Exception as err:  # an architecture the probe cannot run, say
+        reason = f"{type(err).__name__}: {err}"
+        if not force:
+            raise PlanError(
+                f"could not plan the memory of this run ({reason}); `--force` trains unplanned"
+            ) from err
+        if is_global_zero():
+            log(f"warning: no memory plan ({reason}); training unplanned, as forced")
+        return setting in (True, "auto")  # unplanned: the safe side
+    if is_global_zero():
         log(plan.table())
     if not plan.fits and not force:
         fixes = [s for s in plan.suggestions if s.fits]

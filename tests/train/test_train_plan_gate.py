@@ -95,3 +95,21 @@ def test_nif_train_refuses_before_loading_anything(cfg, tmp_path, monkeypatch, c
     )
     err = capsys.readouterr().err
     assert code == 2 and "nif train:" in err and "--force" in err and "Traceback" not in err
+
+
+def test_a_run_the_planner_cannot_probe_is_refused_unless_forced(cfg, monkeypatch):
+    """An architecture the probe cannot run must not block training for good: `--force` trains
+    unplanned, with activation checkpointing on under `auto` (the safe side)."""
+    from nif_lightning import memory
+
+    def broken(*args, **kwargs):
+        raise IndexError("no decoder layers found")
+
+    monkeypatch.setattr(memory, "plan_memory", broken)
+    gpu = GpuSpec("gpu0", 10**12)
+    with pytest.raises(memory.PlanError, match="could not plan.*--force"):
+        plan_gate(cfg, gpu=gpu, log=lambda _: None)
+    lines = []
+    assert plan_gate(cfg, gpu=gpu, force=True, log=lines.append) is True
+    assert "no memory plan" in lines[0]
+    assert plan_gate(_with_checkpointing(cfg, False), gpu=gpu, force=True, log=print) is False
