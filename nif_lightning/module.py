@@ -117,9 +117,10 @@ class NifLoraModule(L.LightningModule):
             return
         from peft import LoraConfig, get_peft_model
 
-        from nif_lightning.loading import load_causal_lm, outside_zero3_init
+        from nif_lightning.loading import load_causal_lm, outside_zero3_init, zero3_init_active
 
         base = load_causal_lm(self.model_name_or_path, _DTYPES[self.dtype_name])
+        partitioned = zero3_init_active()
         lora = LoraConfig(
             r=self.lora.r,
             lora_alpha=self.lora.alpha,
@@ -127,12 +128,21 @@ class NifLoraModule(L.LightningModule):
             target_modules=list(self.lora.targets),
             task_type="CAUSAL_LM",
         )
-        with outside_zero3_init():  # LoRA params whole here; DeepSpeed partitions them at setup
+        # LoRA params whole and drawn in fp32 here, as without ZeRO-3; DeepSpeed partitions them
+        # at setup.
+        with outside_zero3_init():
             model = get_peft_model(base, lora)
-        for name, param in model.named_parameters():
-            if "lora_" in name and not param.requires_grad:
-                raise RuntimeError(f"LoRA param {name} is frozen")  # PEFT contract changed
-        init_lora_weights(model, self.seed)
+            for name, param in model.named_parameters():
+                if "lora_" in name and not param.requires_grad:
+                    raise RuntimeError(f"LoRA param {name} is frozen")  # PEFT contract changed
+            init_lora_weights(model, self.seed)
+        if partitioned:
+            # DeepSpeed casts a ZeRO-Init model's params to half for no one: the LoRA params
+            # take the partitioned weights' dtype (zero.Init's) as ZeRO-2's engine cast gives.
+            dtype = next(p.dtype for p in base.parameters() if not p.requires_grad)
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.data = param.data.to(dtype)
         if self.gradient_checkpointing:
             # Non-reentrant: needs no grad-requiring inputs (PEFT's frozen embeddings) and
             # recomputes custom ops (the fused LoRA kernel) like any other. Transformers 5 renamed

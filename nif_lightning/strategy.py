@@ -64,6 +64,11 @@ class StrategyConfig:
             raise ValueError(f"`trainer.num_nodes` must be >= 1, got {self.num_nodes}")
         if self.offload not in _OFFLOADS:
             raise ValueError(f"`trainer.offload` must be one of {_OFFLOADS}, got {self.offload!r}")
+        if self.offload != "none" and self.strategy == "ddp":
+            raise ValueError(
+                f"`trainer.offload: {self.offload}` needs DeepSpeed (`trainer.strategy: deepspeed` "
+                "or `auto` on CUDA); DDP offloads nothing"
+            )
         if self.offload in ("params", "both") and self.zero_stage != 3:
             raise ValueError(
                 f"`trainer.offload: {self.offload}` needs `trainer.zero_stage: 3` "

@@ -8,7 +8,8 @@ dynamic loss scaler run in CI, and, when asked by environment variables:
 - NIF_TEST_CRASH_AT_STEP=N: every rank dies (os._exit, no cleanup, like a lost node) when
   optimizer step N is about to start;
 - NIF_TEST_MEMLOG=DIR: each rank samples its anonymous memory (/proc/self/smaps_rollup) while
-  the model is built and loaded, and writes DIR/rank<R>.json with the baseline and the peak.
+  the model is built and loaded, then compares every gathered parameter with the checkpoint,
+  and writes DIR/rank<R>.json with the baseline, the peak and the comparison.
 """
 
 from __future__ import annotations
@@ -55,10 +56,31 @@ def _log_memory(folder: Path) -> None:
         peak = max(peak, _anonymous_bytes())
         rank = int(os.environ.get("LOCAL_RANK", "0"))
         record = {"before": before, "peak": peak, "partitioned": loading.zero3_init_active()}
+        record.update(_compare_with_checkpoint(model, args[0]))
         (folder / f"rank{rank}.json").write_text(json.dumps(record))
         return model
 
     loading.load_causal_lm = measured
+
+
+def _compare_with_checkpoint(model, folder: str) -> dict:
+    """Gather each parameter and compare it with the safetensors file, exactly."""
+    import deepspeed
+    import torch
+    from safetensors import safe_open
+
+    from nif_lightning.loading import checkpoint_files
+
+    mismatched, checked = [], 0
+    params = dict(model.named_parameters())
+    for path in checkpoint_files(folder):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not iterable
+                with deepspeed.zero.GatheredParameters([params[name]]):
+                    if not torch.equal(params[name].data, f.get_tensor(name)):
+                        mismatched.append(name)
+                checked += 1
+    return {"checked": checked, "mismatched": mismatched}
 
 
 def _overflow() -> None:

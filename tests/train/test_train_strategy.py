@@ -45,6 +45,8 @@ def test_micro_batch_and_offload_are_in_the_config():
         StrategyConfig(strategy="deepspeed", zero_stage=2, offload="params")
     with pytest.raises(ValueError, match="trainer.offload"):
         StrategyConfig(offload="gpu")
+    with pytest.raises(ValueError, match="needs DeepSpeed"):
+        StrategyConfig(strategy="ddp", offload="optimizer")
 
 
 def test_deepspeed_strategy_builds_on_cpu():
