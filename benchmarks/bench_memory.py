@@ -27,15 +27,8 @@ import torch
 
 from benchmarks.common import markdown_table, write_rows
 from nif_lightning.config import load_config
-from nif_lightning.memory import (
-    GPUS_GB,
-    live_tensor_bytes,
-    load_model_shape,
-    packed_inputs,
-    plan_memory,
-    probe_model,
-    saved_tensor_bytes,
-)
+from nif_lightning.memory import GPUS_GB, load_model_shape, packed_inputs, plan_memory, probe_model
+from nif_lightning.tensor_bytes import live_tensor_bytes, saved_tensor_bytes
 
 RECIPES = sorted((Path(__file__).parents[1] / "configs" / "paper").glob("*.yaml"))
 _TERMS = ("weights", "trainable_states", "activations", "logits", "overhead", "total")

@@ -14,15 +14,10 @@ import transformers
 
 from nif_lightning.cli import main
 from nif_lightning.config import config_from_dict, load_config
-from nif_lightning.memory import (
-    GpuSpec,
-    PlanError,
-    live_tensor_bytes,
-    plan_memory,
-    saved_tensor_bytes,
-)
+from nif_lightning.memory import GpuSpec, PlanError, plan_memory
 from nif_lightning.module import NifLoraModule
 from nif_lightning.packing import collate_packed, vanilla_sample
+from nif_lightning.tensor_bytes import live_tensor_bytes, saved_tensor_bytes
 
 PAPER = Path(__file__).parents[2] / "configs" / "paper"
 RECIPES = sorted(PAPER.glob("*.yaml"))
