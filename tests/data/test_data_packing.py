@@ -19,12 +19,6 @@ from nif_lightning.packing import (
     split_budget,
     vanilla_sample,
 )
-from nif_lightning.tiny_model import save_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
 def _model(path, packed: bool):

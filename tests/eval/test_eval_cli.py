@@ -17,13 +17,6 @@ from nif_lightning.evaluation.generate import (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from nif_lightning.tiny_model import save_tiny_model
-
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
-
-
 def _judge(prompt: str) -> str:
     if "[Answer A]" in prompt:
         return "A reads better. [[A>B]]"  # a position-biased judge

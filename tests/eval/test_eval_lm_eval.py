@@ -37,13 +37,6 @@ metadata:
 """
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from nif_lightning.tiny_model import save_tiny_model
-
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
-
-
 def _task_dir(tmp_path):
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in DOCS), encoding="utf-8")

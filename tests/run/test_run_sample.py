@@ -3,12 +3,6 @@
 import pytest
 
 from nif_lightning.sample import SampleSettings, compare_models, greedy_replies
-from nif_lightning.tiny_model import save_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
 def test_same_model_gives_the_same_greedy_answers(tiny):

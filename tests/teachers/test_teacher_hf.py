@@ -18,13 +18,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from nif_lightning.tiny_model import save_tiny_model
-
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
-
-
 def _run_all(cfg: TeacherConfig, prompts: list[str]):
     async def run():
         async with make_teacher(cfg) as teacher:
@@ -50,25 +43,25 @@ def _alone(model_dir, prompt: str, max_new: int) -> list[int]:
     return new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
 
 
-def test_batched_greedy_equals_one_by_one(tiny_model):
+def test_batched_greedy_equals_one_by_one(tiny):
     from transformers import AutoTokenizer
 
-    cfg = TeacherConfig(kind="hf", model=str(tiny_model), max_tokens=12, concurrency=8)
+    cfg = TeacherConfig(kind="hf", model=str(tiny), max_tokens=12, concurrency=8)
     teacher, results = _run_all(cfg, PROMPTS)
-    assert teacher.name == f"hf:{tiny_model}"
+    assert teacher.name == f"hf:{tiny}"
     assert teacher.batch_sizes == [len(PROMPTS)]  # gathered into one batch, not five
-    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok = AutoTokenizer.from_pretrained(tiny)
     for prompt, c in zip(PROMPTS, results, strict=True):
         assert isinstance(c, Completion)
-        ids = _alone(tiny_model, prompt, 12)
+        ids = _alone(tiny, prompt, 12)
         assert c.text == tok.decode(ids, skip_special_tokens=True)
         assert c.completion_tokens == len(ids)
         assert c.prompt_tokens == len(tok(prompt)["input_ids"])  # padding not counted
         assert c.finish_reason == ("length" if len(ids) == 12 else "stop")
 
 
-def test_batches_are_capped_by_concurrency(tiny_model):
-    cfg = TeacherConfig(kind="hf", model=str(tiny_model), max_tokens=2, concurrency=2)
+def test_batches_are_capped_by_concurrency(tiny):
+    cfg = TeacherConfig(kind="hf", model=str(tiny), max_tokens=2, concurrency=2)
     teacher, results = _run_all(cfg, PROMPTS)
     assert len(results) == len(PROMPTS)
     assert max(teacher.batch_sizes) <= 2 and sum(teacher.batch_sizes) == len(PROMPTS)

@@ -8,12 +8,6 @@ import torch
 
 from nif_lightning.module import LoraSettings, NifLoraModule
 from nif_lightning.packing import collate_packed, vanilla_sample
-from nif_lightning.tiny_model import save_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
 def _packed_batch():

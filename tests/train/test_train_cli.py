@@ -23,24 +23,8 @@ def _main(argv: list[str]) -> int:
 
 
 @pytest.fixture
-def data_dir(tmp_path):
-    import pyarrow as pa
-
-    from data_gen.builtin import builtin_texts
-
-    texts = builtin_texts()[:24]
-    table = pa.table(
-        {
-            "id": [f"t{i}" for i in range(len(texts))],
-            "prompt": [t[:120] for t in texts],
-            "completion": [t[120:200] for t in texts],
-        }
-    )
-    (tmp_path / "data" / "shards").mkdir(parents=True)
-    # The Arrow IPC *file* format (what other tools write); `nif gen` writes the stream format.
-    with pa.ipc.new_file(str(tmp_path / "data" / "shards" / "00000.arrow"), table.schema) as w:
-        w.write_table(table)
-    return tmp_path / "data"
+def data_dir(tmp_path, write_builtin_shard):
+    return write_builtin_shard(tmp_path / "data", rows=24, prompt_chars=120, completion_chars=80)
 
 
 def test_nif_train_writes_adapter_merged_and_lowers_loss(tmp_path, data_dir):

@@ -31,26 +31,11 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A tiny model and a small dataset folder shared by the runs."""
-    import pyarrow as pa
-
-    from data_gen.builtin import builtin_texts
-    from nif_lightning.tiny_model import save_tiny_model
-
+def workdir(tmp_path_factory, tiny, write_builtin_shard):
+    """A folder with the tiny model (`tiny/`) and a small dataset (`data/`) the runs share."""
     root = tmp_path_factory.mktemp("ds")
-    save_tiny_model(root / "tiny", seed=0)
-    texts = builtin_texts()[:48]
-    table = pa.table(
-        {
-            "id": [f"d{i}" for i in range(len(texts))],
-            "prompt": [t[:160] for t in texts],
-            "completion": [t[160:320] for t in texts],
-        }
-    )
-    (root / "data" / "shards").mkdir(parents=True)
-    with pa.ipc.new_file(str(root / "data" / "shards" / "00000.arrow"), table.schema) as w:
-        w.write_table(table)
+    (root / "tiny").symlink_to(tiny)
+    write_builtin_shard(root / "data", rows=48, prompt_chars=160, completion_chars=160)
     return root
 
 

@@ -19,14 +19,8 @@ from nif_lightning import loss as chunked
 from nif_lightning.loss import chunk_tokens, chunked_lm_loss, chunked_loss_bytes
 from nif_lightning.module import LORA_TARGETS
 from nif_lightning.packing import collate_packed, collate_padded, vanilla_sample
-from nif_lightning.tiny_model import save_tiny_model
 
 CHUNK = 7  # tokens a chunk in the model tests: 36 loss tokens = 5 full chunks + 1 ragged
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
 @pytest.fixture

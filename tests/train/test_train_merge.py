@@ -16,11 +16,6 @@ _TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "dow
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
-
-
-@pytest.fixture(scope="module")
 def adapter(tiny, tmp_path_factory):
     """A PEFT adapter with non-zero B (fresh LoRA has B = 0, which would hide merge bugs)."""
     from peft import LoraConfig, get_peft_model

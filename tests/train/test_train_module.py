@@ -9,12 +9,6 @@ import torch
 
 from nif_lightning.callbacks import AdapterExport, LossScaleGuard, Throughput, flops_per_token
 from nif_lightning.module import LoraSettings, NifLoraModule, OptimSettings
-from nif_lightning.tiny_model import save_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
 def _batches(n: int, seed: int = 0):

@@ -10,13 +10,11 @@ import torch
 
 from nif_lightning.config import config_from_dict
 from nif_lightning.memory import GpuSpec, plan_memory
-from nif_lightning.tiny_model import save_tiny_model
 from nif_lightning.training import PlanDoesNotFit, plan_gate
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    tiny = save_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+def cfg(tiny):
     return config_from_dict(
         {
             "model": {"path": str(tiny)},
