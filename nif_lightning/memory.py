@@ -190,14 +190,6 @@ class _Probe:
         return kept2 + more, peak2 + more
 
 
-def _enable_checkpointing(model) -> None:
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
 def probe_model(
     config,
     *,
@@ -215,11 +207,12 @@ def probe_model(
     attention is training's own. `lora_dropout`: keep the configured dropout (PEFT's own forward
     saves its mask; the fused op redraws it and saves none)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AttentionInterface, AutoModelForCausalLM
 
     from kernels import use_fused_lora
     from nif_lightning.attention import use_packed_attention
+    from nif_lightning.module import enable_checkpointing
 
     cfg = copy.deepcopy(config)
     cfg.num_hidden_layers = layers
@@ -229,16 +222,7 @@ def probe_model(
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         base = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype)
-        model = get_peft_model(
-            base,
-            LoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout if lora_dropout else 0.0,
-                target_modules=list(lora.targets),
-                task_type="CAUSAL_LM",
-            ),
-        )
+        model = get_peft_model(base, lora.peft_config(None if lora_dropout else 0.0))
     model.to(torch_dtype)
     if str(device) == "meta":
         AttentionInterface.register(_PROBE_ATTENTION, _probe_attention)
@@ -251,7 +235,7 @@ def probe_model(
         use_packed_attention(model)
     use_fused_lora(model)  # off CUDA: the torch path, which saves what the custom op saves
     if checkpointing:
-        _enable_checkpointing(base)
+        enable_checkpointing(base)
     model.train()
     return model
 

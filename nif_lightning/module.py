@@ -44,6 +44,18 @@ class LoraSettings:
     targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     """Module names to adapt."""
 
+    def peft_config(self, dropout: float | None = None):
+        """PEFT's `LoraConfig` for a causal LM with these settings (`dropout` overrides)."""
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout if dropout is None else dropout,
+            target_modules=list(self.targets),
+            task_type="CAUSAL_LM",
+        )
+
     def __post_init__(self) -> None:
         if self.r <= 0:
             raise ValueError(f"`lora.r` must be > 0, got {self.r}")
@@ -115,23 +127,16 @@ class NifLoraModule(L.LightningModule):
         """Build the model once (Lightning calls this inside its sharded-construction context)."""
         if self.model is not None:
             return
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         from nif_lightning.loading import load_causal_lm, outside_zero3_init, zero3_init_active
 
         base = load_causal_lm(self.model_name_or_path, _DTYPES[self.dtype_name])
         partitioned = zero3_init_active()
-        lora = LoraConfig(
-            r=self.lora.r,
-            lora_alpha=self.lora.alpha,
-            lora_dropout=self.lora.dropout,
-            target_modules=list(self.lora.targets),
-            task_type="CAUSAL_LM",
-        )
         # LoRA params whole and drawn in fp32 here, as without ZeRO-3; DeepSpeed partitions them
         # at setup.
         with outside_zero3_init():
-            model = get_peft_model(base, lora)
+            model = get_peft_model(base, self.lora.peft_config())
             for name, param in model.named_parameters():
                 if "lora_" in name and not param.requires_grad:
                     raise RuntimeError(f"LoRA param {name} is frozen")  # PEFT contract changed
@@ -144,13 +149,7 @@ class NifLoraModule(L.LightningModule):
                 if param.requires_grad:
                     param.data = param.data.to(dtype)
         if self.gradient_checkpointing:
-            # Non-reentrant: needs no grad-requiring inputs (PEFT's frozen embeddings) and
-            # recomputes custom ops (the fused LoRA kernel) like any other. Transformers 5 renamed
-            # the switch; 4.x has only the old name.
-            if hasattr(model, "activation_checkpointing_enable"):
-                model.activation_checkpointing_enable({"use_reentrant": False})
-            else:
-                model.gradient_checkpointing_enable({"use_reentrant": False})
+            enable_checkpointing(model)
         self._switch_kernels(model)
         # `from_pretrained` returns eval mode and Lightning keeps modules' modes: without this
         # LoRA dropout would never be applied.
@@ -247,6 +246,17 @@ class NifLoraModule(L.LightningModule):
 
 def _samples(batch) -> int:
     return int(batch["stats"]["samples"])
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each decoder layer in backward. Non-reentrant: it needs no grad-requiring inputs
+    (PEFT's embeddings are frozen) and recomputes custom ops (the fused LoRA kernel) like any
+    other. Transformers 5 renamed the switch; 4.x has only the old name."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(kwargs)
+    else:
+        model.gradient_checkpointing_enable(kwargs)
 
 
 def _numel(param: torch.Tensor) -> int:
