@@ -48,11 +48,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"nif run: {err}", file=sys.stderr)
         return 2
     from nif_lightning.memory import PlanError
-    from nif_lightning.training import PlanDoesNotFit
 
     try:
         report = run_pipeline(cfg, force=args.force)
-    except (FileNotFoundError, PlanDoesNotFit, PlanError) as err:  # before the first stage
+    except (FileNotFoundError, PlanError) as err:  # before the first stage
         print(f"nif run: {err}", file=sys.stderr)
         return 2
     except (RuntimeError, ValueError) as err:

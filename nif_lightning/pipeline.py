@@ -31,6 +31,7 @@ from typing import Any
 from nif_lightning.config import RUN_SECTIONS, TrainConfig, config_from_dict
 from nif_lightning.hub import check_model
 from nif_lightning.sample import SampleSettings
+from nif_lightning.training import is_global_zero, plan_gate
 
 STAGES = ("gen", "filter", "train", "sample")
 
@@ -220,12 +221,6 @@ def _fingerprints(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-def _is_global_zero() -> bool:
-    from nif_lightning.training import is_global_zero
-
-    return is_global_zero()
-
-
 def run_pipeline(cfg: RunConfig, *, force: bool = False, log=print) -> dict[str, Any] | None:
     """Run (or continue) every stage; returns the report dict (None in a training process of
     rank > 0, which stops after training). `force` trains even when the memory plan does not
@@ -240,10 +235,10 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, log=print) -> dict[str,
     if not state.done("train", prints["train"]) and not model.tiny:
         # Before `gen` spends hours (and money): a gated or misspelled model fails now.
         check_model(model.path, what="`model.path`")
+    checkpointing = None
     if not state.done("train", prints["train"]):
-        from nif_lightning.training import plan_gate
-
-        plan_gate(cfg.train, force=force, log=log)  # on CUDA; a plan that cannot fit stops here
+        # On CUDA; a plan that cannot fit stops here, before `gen`. Training reuses the answer.
+        checkpointing = plan_gate(cfg.train, force=force, log=log)
     summary: dict[str, Any] = {}
     for stage in STAGES:
         if stage == "filter" and cfg.filter_args is None:
@@ -256,7 +251,7 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, log=print) -> dict[str,
             log(f"[nif run] {stage}: already complete, skipped")
             summary[stage] = "skipped (already complete)"
             continue
-        if stage != "train" and not _is_global_zero():
+        if stage != "train" and not is_global_zero():
             raise RuntimeError(
                 f"stage `{stage}` is not done and this is a process of rank > 0: run the data "
                 "stages once (`nif run` on one process, or `nif gen`), then launch training on "
@@ -266,9 +261,9 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, log=print) -> dict[str,
         t0 = time.perf_counter()
         run_stage = _STAGE_FUNCS[stage]
         if stage == "train":
-            run_stage = functools.partial(run_stage, force=force)
+            run_stage = functools.partial(run_stage, checkpointing=checkpointing)
         info = run_stage(cfg) or {}
-        if not _is_global_zero():
+        if not is_global_zero():
             # On several GPUs Lightning starts one process per extra device by re-running this
             # command; such a process finds gen/filter done and joins training. Its part ends
             # there: rank 0 alone records the stage, samples and writes the report.
@@ -316,11 +311,11 @@ def _stage_filter(cfg: RunConfig) -> dict[str, Any]:
     return {}
 
 
-def _stage_train(cfg: RunConfig, *, force: bool = False) -> dict[str, Any]:
+def _stage_train(cfg: RunConfig, *, checkpointing: bool | None = None) -> dict[str, Any]:
     from nif_lightning.training import run_training
 
     resume = (cfg.run_dir / "checkpoints" / "last.ckpt").exists()  # a file, or DeepSpeed's folder
-    run_training(cfg.train, resume=resume, force=force)
+    run_training(cfg.train, resume=resume, checkpointing=checkpointing)
     return {"resumed": resume}
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from nif_lightning.config import TrainConfig
+from nif_lightning.memory import PlanError  # memory.py imports torch only inside functions
 
 
-class PlanDoesNotFit(ValueError):
+class PlanDoesNotFit(PlanError):
     """The memory plan of a run exceeds its GPU (refused before anything heavy starts)."""
 
 
@@ -38,7 +39,7 @@ def plan_gate(cfg: TrainConfig, *, force: bool = False, gpu=None, log=print) -> 
     setting = cfg.model.gradient_checkpointing
     if gpu is None and not torch.cuda.is_available():
         return setting is True
-    from nif_lightning.memory import GpuSpec, PlanError, plan_memory
+    from nif_lightning.memory import GpuSpec, plan_memory
 
     devices = cfg.trainer.devices
     if devices == "auto":
@@ -102,8 +103,16 @@ def build_trainer(cfg: TrainConfig, out: Path):
     )
 
 
-def run_training(cfg: TrainConfig, *, resume: bool = False, force: bool = False) -> Path:
-    """Train per `cfg`; returns OUT. `force` starts a run whose memory plan does not fit."""
+def run_training(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    checkpointing: bool | None = None,
+) -> Path:
+    """Train per `cfg`; returns OUT. `force` starts a run whose memory plan does not fit;
+    `checkpointing` is the gate's answer when the caller has planned already (`nif run` plans
+    before `gen`), else the run is planned here."""
     import lightning as L
 
     from nif_lightning.data import DataConfig, NifDataModule
@@ -116,7 +125,8 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, force: bool = False)
         from nif_lightning.tiny_model import save_tiny_model
 
         save_tiny_model(cfg.model.path, seed=cfg.seed)
-    checkpointing = plan_gate(cfg, force=force)
+    if checkpointing is None:
+        checkpointing = plan_gate(cfg, force=force)
     L.seed_everything(cfg.seed, workers=True)
     # Data first: an empty or foreign folder should fail before the model is loaded.
     datamodule = NifDataModule(cfg.data.dir, cfg.model.path, DataConfig(**cfg.data.options))

@@ -152,7 +152,7 @@ def test_a_training_process_of_another_gpu_stops_after_training(tmp_path, monkey
     pipeline._STAGE_FUNCS["gen"](cfg)  # rank 0 ran the data stage ...
     pipeline.RunState(cfg.run_dir).finish("gen", pipeline._fingerprints(cfg)["gen"], seconds=0.0)
     trained = []
-    monkeypatch.setitem(pipeline._STAGE_FUNCS, "train", lambda c, force: trained.append(1))
+    monkeypatch.setitem(pipeline._STAGE_FUNCS, "train", lambda c, checkpointing: trained.append(1))
     # ... and now the process of rank 1 arrives.
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     assert run_pipeline(cfg) is None and trained == [1]
