@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_gen.llm.local import Generation, generate_batched, load_causal_lm
+
 # Written for this project, in the spirit of the paper's Appendix D: everyday instructions of
 # different kinds (advice, explanation, writing, comparison, summary, planning).
 DEFAULT_PROMPTS = (
@@ -44,46 +46,19 @@ class SampleSettings:
             raise ValueError(f"`sample.max_new_tokens` must be >= 1, got {self.max_new_tokens}")
 
 
-@dataclass(frozen=True)
-class Reply:
-    text: str
-    new_tokens: int
-    stopped: bool  # ended with EOS before the length cap
-
-
-def greedy_replies(model_dir: str | Path, prompts: list[str], max_new_tokens: int) -> list[Reply]:
-    """Greedy continuation of each prompt by the model in `model_dir` (one at a time: no padding
-    to get wrong, and a handful of prompts is not worth batching)."""
+def greedy_replies(
+    model_dir: str | Path, prompts: list[str], max_new_tokens: int
+) -> list[Generation]:
+    """Greedy continuation of each prompt by the model in `model_dir`, loaded with the shared
+    dtype/device policy (`data_gen.llm.local`). One prompt at a time: no padding to get wrong,
+    and a handful of prompts is not worth batching."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    if torch.cuda.is_available():
-        # Half precision, spread over the GPUs a model needs (a 70B model fits on no single one).
-        half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=half, device_map="auto")
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
-    eos = tok.eos_token_id
-    replies = []
-    for prompt in prompts:
-        ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids  # (1, P)
-        ids = ids.to(model.device)
-        with torch.no_grad():
-            out = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos,
-            )
-        new = out[0, ids.shape[1] :].tolist()
-        stopped = eos is not None and eos in new
-        if stopped:
-            new = new[: new.index(eos)]
-        replies.append(Reply(tok.decode(new, skip_special_tokens=True), len(new), stopped))
+    model, tok = load_causal_lm(model_dir)
+    # The vanilla template: the prompt's tokens, no BOS.
+    replies = generate_batched(
+        model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=1, add_special_tokens=False
+    )
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # room for the next model

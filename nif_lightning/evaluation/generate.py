@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_gen.llm.local import DEVICES, DTYPES, greedy_generate, load_causal_lm
+
 TEMPLATES = ("chat", "one_shot", "vanilla")
 # `auto`: the chat template when the tokenizer has one (Instruct models), else one_shot.
 TEMPLATE_CHOICES = ("auto", *TEMPLATES)
@@ -65,10 +67,10 @@ class GenerateConfig:
             raise ValueError("`--max-new-tokens` must be >= 1")
         if self.batch_size < 1:
             raise ValueError("`--batch-size` must be >= 1")
-        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError(f"`--dtype` must be auto|float32|float16|bfloat16, got {self.dtype!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"`--device` must be auto|cpu|cuda, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"`--dtype` must be {'|'.join(DTYPES)}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"`--device` must be {'|'.join(DEVICES)}, got {self.device!r}")
 
 
 def resolve_template(template: str, model: str) -> str:
@@ -146,41 +148,18 @@ class _Model:
     """The model and tokenizer, loaded on first use (a fully cached run never loads them)."""
 
     def __init__(self, cfg: GenerateConfig) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        device = cfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        # Left padding: every row of a batch then ends where its answer begins.
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype).to(device)
-        self.model.eval()
-        self.device = device
+        self.model, self.tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device)
 
     def generate(self, prompts: list[str], cfg: GenerateConfig) -> list[str]:
-        import torch
-
         # The chat template writes its own special tokens; vanilla training used no BOS.
-        enc = self.tokenizer(
+        texts = greedy_generate(
+            self.model,
+            self.tokenizer,
             prompts,
-            return_tensors="pt",
-            padding=True,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=len(prompts),
             add_special_tokens=cfg.template == "one_shot",
-        ).to(self.device)
-        with torch.inference_mode():
-            out = self.model.generate(
-                **enc,
-                do_sample=False,
-                max_new_tokens=cfg.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )  # (B, T_prompt + T_new)
-        new = out[:, enc["input_ids"].shape[1] :]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        )
         return [_clean(cfg.template, t) for t in texts]
 
 

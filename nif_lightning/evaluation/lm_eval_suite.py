@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_gen.llm.local import DEVICES, DTYPES, resolve_device, resolve_dtype
+
 # task -> (shots, metric key in lm-eval's results, short column name)
 OLL_TASKS: dict[str, tuple[int, str, str]] = {
     "arc_challenge": (25, "acc_norm,none", "ARC"),
@@ -79,10 +81,10 @@ class LMEvalConfig:
             raise ValueError("`--batch-size` must be >= 1")
         if self.limit is not None and self.limit < 1:
             raise ValueError("`--limit` must be >= 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"`--device` must be auto|cpu|cuda, got {self.device!r}")
-        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError(f"`--dtype` must be auto|float32|float16|bfloat16, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"`--device` must be {'|'.join(DEVICES)}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"`--dtype` must be {'|'.join(DTYPES)}, got {self.dtype!r}")
 
 
 def _import_lm_eval():
@@ -108,7 +110,6 @@ def run_lm_eval(cfg: LMEvalConfig, *, log_samples: bool = False) -> dict[str, An
     if cfg.hf_cache:
         _offline(cfg.hf_cache)
     lm_eval = _import_lm_eval()
-    import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -126,11 +127,12 @@ def run_lm_eval(cfg: LMEvalConfig, *, log_samples: bool = False) -> dict[str, An
         raise ValueError(
             f"lm-eval does not know task(s) {unknown}; add their YAMLs with `--include-path`"
         )
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    # `--dtype auto` as for the answers `nif eval` generates (data_gen.llm.local), not lm-eval's
+    # own "the checkpoint's dtype".
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
     # One model for every task: loading a 7B model six times would dominate the run.
-    model = HFLM(pretrained=cfg.model, device=device, dtype=cfg.dtype, batch_size=cfg.batch_size)
+    model = HFLM(pretrained=cfg.model, device=device, dtype=dtype, batch_size=cfg.batch_size)
     by_shots: dict[int, list[str]] = {}
     for task, (shots, _, _) in cfg.tasks.items():
         by_shots.setdefault(shots, []).append(task)
