@@ -2,18 +2,18 @@
 
 LLaMA-Factory reads a dataset folder holding the data files and a `dataset_info.json` whose
 entry maps alpaca columns to fields. The paper trained with exactly this (template `vanilla`):
-prompt -> `instruction`, completion -> `output`, an empty `input`. Files are written to temp
-names and renamed, so the folder never holds a half-written file.
+prompt -> `instruction`, completion -> `output`, an empty `input`. Files are written atomically
+(`store`), so the folder never holds a half-written file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
-from data_gen.shards import read_rows, shard_paths, write_json_atomic
+from data_gen.shards import read_rows
+from data_gen.store import check_dataset_dir, write_json_atomic
 
 FORMATS = ("llamafactory",)
 
@@ -21,8 +21,7 @@ FORMATS = ("llamafactory",)
 def export_llamafactory(src: str | Path, out: str | Path, *, name: str = "nif") -> Path:
     """Write `OUT/<name>.json` (alpaca records) and add `<name>` to `OUT/dataset_info.json`."""
     src, out = Path(src), Path(out)
-    if not shard_paths(src):
-        raise FileNotFoundError(f"DIR {src} holds no shards/*.arrow (run `nif gen` first)")
+    check_dataset_dir(src, what="DIR")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"`--name` must be letters, digits, '_', '.' or '-', got {name!r}")
     out.mkdir(parents=True, exist_ok=True)
@@ -31,12 +30,7 @@ def export_llamafactory(src: str | Path, out: str | Path, *, name: str = "nif") 
         for row in read_rows(src)
     ]
     data_file = out / f"{name}.json"
-    tmp = out / f".{data_file.name}.tmp"
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(records, f, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, data_file)
+    write_json_atomic(data_file, records, indent=None)
 
     info_path = out / "dataset_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}

@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from data_gen.store import REQUIRED_COLUMNS, check_dataset_dir, read_dataset
 from nif_lightning.packing import Sample, collate_packed, collate_padded, pack, vanilla_sample
 
 _TOKENIZE_CHUNK = 2048
@@ -67,43 +68,10 @@ class DataConfig:
         return self.max_tokens_per_batch or self.micro_batch_size * self.cutoff_len
 
 
-def check_data_dir(data_dir: str | Path) -> list[Path]:
-    """The shard files, or a clear error naming the folder and what is wrong."""
-    import pyarrow as pa
-
-    data = Path(data_dir)
-    if not data.is_dir():
-        raise FileNotFoundError(f"data folder {data} does not exist (run `nif gen` first)")
-    shards = sorted((data / "shards").glob("*.arrow"))
-    if not shards:
-        raise ValueError(f"data folder {data} holds no shards/*.arrow (run `nif gen` first)")
-    try:
-        names = read_arrow(shards[0]).schema.names
-    except pa.ArrowInvalid as err:
-        raise ValueError(f"{shards[0]} is not an Arrow IPC file ({err})") from None
-    missing = sorted({"id", "prompt", "completion"} - set(names))
-    if missing:
-        raise ValueError(f"data folder {data}: shards lack column(s) {missing} (have {names})")
-    return shards
-
-
 def read_examples(data_dir: str | Path) -> list[dict[str, str]]:
-    rows: list[dict[str, str]] = []
-    for shard in check_data_dir(data_dir):
-        rows += read_arrow(shard).select(["id", "prompt", "completion"]).to_pylist()
-    return rows
-
-
-def read_arrow(path: Path):
-    """A shard as a table: the IPC stream format (`nif gen`, `datasets`) or the file format."""
-    import pyarrow as pa
-
-    try:
-        with pa.OSFile(str(path), "rb") as f:
-            return pa.ipc.open_stream(f).read_all()
-    except pa.ArrowInvalid:
-        with pa.OSFile(str(path), "rb") as f:
-            return pa.ipc.open_file(f).read_all()
+    """The `id`, `prompt` and `completion` of every row (`store`'s dataset folder)."""
+    check_dataset_dir(data_dir)
+    return read_dataset(data_dir, REQUIRED_COLUMNS).to_pylist()
 
 
 def is_validation(row_id: str, fraction: float) -> bool:
@@ -138,7 +106,7 @@ class NifDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg or DataConfig()
         self.data_dir = Path(data_dir)
-        check_data_dir(self.data_dir)  # a bad folder fails here, before any model loads
+        check_dataset_dir(self.data_dir)  # a bad folder fails here, before any model loads
         self._tokenizer_or_path = tokenizer_or_path
         self.train_samples: list[Sample] = []
         self.val_samples: list[Sample] = []

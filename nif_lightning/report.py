@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from data_gen.store import write_json_atomic, write_text_atomic
+
 
 def read_metrics(log_dir: Path) -> list[dict[str, float]]:
     """Every logged row under `log_dir`, one merged dict per step, as floats, ordered by step.
@@ -134,8 +136,8 @@ def build_report(
         },
         "samples": _read_json(run_dir / "samples.json") or [],
     }
-    _write(run_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    _write(run_dir / "report.md", render_markdown(report))
+    write_json_atomic(run_dir / "report.json", report)
+    write_text_atomic(run_dir / "report.md", render_markdown(report))
     return report
 
 
@@ -148,12 +150,6 @@ def _data_counts(manifest: dict | None) -> dict[str, Any] | None:
         if key in manifest:
             counts[key] = manifest[key]
     return counts
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _fmt(value: Any) -> str:

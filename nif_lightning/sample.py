@@ -10,11 +10,11 @@ no role tokens; the reply is whatever follows.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_gen.llm.local import Generation, generate_batched, load_causal_lm
+from data_gen.store import write_json_atomic
 
 # Written for this project, in the spirit of the paper's Appendix D: everyday instructions of
 # different kinds (advice, explanation, writing, comparison, summary, planning).
@@ -86,6 +86,4 @@ def compare_models(
 
 
 def write_samples(records: list[dict], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, records)

@@ -15,11 +15,11 @@ Prompt templates (the paper's Table 1 "Template" column):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_gen.llm.local import DEVICES, DTYPES, greedy_generate, load_causal_lm
+from data_gen.store import JsonlCache
 
 TEMPLATES = ("chat", "one_shot", "vanilla")
 # `auto`: the chat template when the tokenizer has one (Instruct models), else one_shot.
@@ -119,29 +119,15 @@ def _clean(template: str, text: str) -> str:
 
 
 def open_for_append(path: Path):
-    """Append mode, after ending a line that a kill cut short (else the next record would be
-    glued to the broken one and lost too)."""
-    if path.is_file() and path.stat().st_size:
-        with path.open("rb") as f:
-            f.seek(-1, 2)
-            cut = f.read(1) != b"\n"
-        if cut:
-            with path.open("a", encoding="utf-8") as f:
-                f.write("\n")
+    """The cache as a text file in append mode, its cut last line ended: for a caller that
+    writes its own lines (the judge's pool); others use `JsonlCache.open_for_append`."""
+    JsonlCache(path).open_for_append().close()
     return path.open("a", encoding="utf-8")
 
 
 def read_cache(path: Path) -> dict[tuple[str, int], str]:
-    """(id, turn) -> answer; a last line cut short by a kill is ignored."""
-    done: dict[tuple[str, int], str] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[(str(rec["id"]), int(rec["turn"]))] = rec["answer"]
-    return done
+    """(id, turn) -> answer, from the answer cache; a line cut short by a kill is ignored."""
+    return {(str(r["id"]), int(r["turn"])): r["answer"] for r in JsonlCache(path).read()}
 
 
 class _Model:
@@ -176,7 +162,7 @@ def generate_answers(
     done = read_cache(cache_path)
     model: _Model | None = None
     max_turns = max((len(t) for _, t in questions), default=0)
-    with open_for_append(cache_path) as cache:
+    with JsonlCache(cache_path).open_for_append() as cache:
         for turn in range(max_turns):
             todo = [(qid, t) for qid, t in questions if len(t) > turn and (qid, turn) not in done]
             for start in range(0, len(todo), cfg.batch_size):
@@ -194,6 +180,5 @@ def generate_answers(
                 ]
                 for (qid, _), answer in zip(batch, model.generate(prompts, cfg), strict=True):
                     done[(qid, turn)] = answer
-                    cache.write(json.dumps({"id": qid, "turn": turn, "answer": answer}) + "\n")
-                cache.flush()  # a kill loses at most the batch in flight
+                    cache.append({"id": qid, "turn": turn, "answer": answer})
     return {qid: [done[(qid, k)] for k in range(len(t))] for qid, t in questions}

@@ -1,0 +1,273 @@
+"""The run folder on disk: how its files are written, read back, and compared with a config.
+
+Every stage of nif-lightning may be killed at any moment and re-run on the same folder, so every
+file it leaves behind must be either whole or absent, and every file it resumes from must be
+readable after a kill. This module is the one place that knows how:
+
+- **Atomic writes** (`write_bytes_atomic`, `write_text_atomic`, `write_json_atomic`,
+  `write_table_atomic`): the content goes to `.{name}.tmp` in the same folder, is flushed and
+  fsynced, renamed over `name` with `os.replace` (atomic on POSIX), and the folder is fsynced so
+  the rename survives a power cut. A reader sees the old file or the new one, never half of one.
+- **The append-only JSONL cache** (`JsonlCache`): finished work (verdicts, answers) appended one
+  flushed line at a time, so a kill loses at most the line being written. That line may be cut
+  short: readers skip it, and the next writer ends it first so the next record is not glued on.
+- **The dataset folder** (`SCHEMA`, `shard_paths`, `check_dataset_dir`, `read_dataset`): rows in
+  `DIR/shards/*.arrow`, Arrow IPC files (`nif gen` writes the stream format as `part-NNNNN.arrow`;
+  the file format, which other tools write, is read too). Written by gen and filter, read by
+  filter, export and training.
+- **The configuration fingerprint** (`fingerprint`, `config_diff`): what a folder was made with,
+  minus the operational settings that change how fast it is made but not what it holds, so that
+  a resumed run can refuse a different configuration and name the keys that differ.
+
+pyarrow is imported on first use, so the JSON writers and the fingerprint cost nothing at import.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """`data` at `path`, whole or not at all."""
+    _write_atomic(path, lambda f: f.write(data))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """`text` (UTF-8) at `path`, whole or not at all."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
+    """`obj` as JSON (UTF-8, one trailing newline) at `path`, whole or not at all."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def write_table_atomic(path: str | Path, table) -> None:
+    """`table` (a `pyarrow.Table`) as an Arrow IPC stream at `path`, whole or not at all."""
+    import pyarrow as pa
+
+    def write(f: IO[bytes]) -> None:
+        with pa.ipc.new_stream(f, table.schema) as writer:
+            writer.write_table(table)
+
+    _write_atomic(path, write)
+
+
+def temp_path(path: str | Path) -> Path:
+    """Where `path` is written before the rename; a leftover one is a write a kill cut short."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- JSONL cache
+
+
+def parse_jsonl(text: str) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL text; a line that is not one (cut short by a kill, or
+    garbled in transit) is skipped, so the work it recorded is simply done again."""
+    records = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+class JsonlCache:
+    """An append-only JSONL file of finished work: `read()` what is there, then
+    `with cache.open_for_append() as out: out.append(record)` as more is finished."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every whole record, in file order; none if the file does not exist."""
+        if not self.path.is_file():
+            return []
+        return parse_jsonl(self.path.read_text(encoding="utf-8"))
+
+    def open_for_append(self) -> JsonlAppender:
+        """An appender, after ending a last line a kill cut short (else the next record would be
+        glued to the broken one and lost with it)."""
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open("rb+") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    f.write(b"\n")
+        return JsonlAppender(self.path.open("a", encoding="utf-8"))
+
+
+class JsonlAppender:
+    """Writes one record per line, each flushed at once; a context manager."""
+
+    def __init__(self, file: IO[str]) -> None:
+        self._file = file
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()  # a kill loses at most the record being written
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- dataset folder
+
+# The columns training needs; `nif gen` writes all of SCHEMA.
+REQUIRED_COLUMNS = ("id", "prompt", "completion")
+
+
+def __getattr__(name: str):
+    if name == "SCHEMA":  # `store.SCHEMA`, built on first use
+        return _schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _schema():
+    """The columns `nif gen` writes, in order."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("prompt", pa.string()),
+            ("completion", pa.string()),
+            ("reference", pa.string()),
+            ("teacher", pa.string()),
+            ("finish_reason", pa.string()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+        ]
+    )
+
+
+def shard_paths(data_dir: str | Path) -> list[Path]:
+    """The shard files of a dataset folder, in order: every `DIR/shards/*.arrow`."""
+    return sorted((Path(data_dir) / "shards").glob("*.arrow"))
+
+
+def read_shard(path: str | Path):
+    """One shard as a `pyarrow.Table`: the IPC stream format (`nif gen`, `datasets`) or the
+    IPC file format."""
+    import pyarrow as pa
+
+    try:
+        with pa.OSFile(str(path), "rb") as f:
+            return pa.ipc.open_stream(f).read_all()
+    except pa.ArrowInvalid:
+        with pa.OSFile(str(path), "rb") as f:
+            return pa.ipc.open_file(f).read_all()
+
+
+def iter_shards(data_dir: str | Path) -> Iterator:
+    """Each shard's table in order, one at a time (a folder may not fit in memory twice)."""
+    for path in shard_paths(data_dir):
+        yield read_shard(path)
+
+
+def check_dataset_dir(
+    data_dir: str | Path, *, what: str = "data folder", columns: Collection[str] = REQUIRED_COLUMNS
+) -> list[Path]:
+    """The shard files, or a clear error naming the input (`what`: its flag or key, e.g.
+    "`--data`") and what is wrong with it. Only the first shard's columns are checked."""
+    import pyarrow as pa
+
+    data = Path(data_dir)
+    if not data.is_dir():
+        raise FileNotFoundError(f"{what} {data} does not exist (run `nif gen` first)")
+    shards = shard_paths(data)
+    if not shards:
+        raise ValueError(f"{what} {data} holds no shards/*.arrow (run `nif gen` first)")
+    try:
+        names = read_shard(shards[0]).schema.names
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{shards[0]} is not an Arrow IPC file ({err})") from None
+    missing = sorted(set(columns) - set(names))
+    if missing:
+        raise ValueError(f"{what} {data}: shards lack column(s) {missing} (have {names})")
+    return shards
+
+
+def read_dataset(data_dir: str | Path, columns: Collection[str] | None = None):
+    """Every row of every shard as one `pyarrow.Table` (only `columns`, if given, in that
+    order). No shards: an empty table."""
+    import pyarrow as pa
+
+    tables = [t.select(list(columns)) if columns else t for t in iter_shards(data_dir)]
+    if not tables:
+        empty = _schema().empty_table()
+        return empty.select(list(columns)) if columns else empty
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def fingerprint(config: dict[str, Any], operational: Collection[str]) -> dict[str, Any]:
+    """`config` without the keys named in `operational`, at any depth (`concurrency` drops
+    both `concurrency` and `teacher.concurrency`): what decides the output of a run."""
+    return {
+        key: fingerprint(value, operational) if isinstance(value, dict) else value
+        for key, value in config.items()
+        if key not in operational
+    }
+
+
+def config_diff(old: Any, new: Any) -> list[str]:
+    """The dotted paths of the keys whose values differ (`teacher.model`), sorted; "value"
+    when `old` and `new` themselves are different non-mappings."""
+    return _diff(old, new, "")
+
+
+def config_value(config: Any, path: str) -> Any:
+    """The value at a dotted path of `config_diff`'s, or None where it is absent."""
+    for key in path.split("."):
+        config = config.get(key) if isinstance(config, dict) else None
+    return config
+
+
+def _diff(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _diff(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [prefix.rstrip(".") or "value"] if old != new else []
