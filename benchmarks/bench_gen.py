@@ -32,8 +32,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import markdown_table, write_rows
+
 from data_gen.generate import GenConfig, generate
-from data_gen.teachers import TeacherConfig, make_teacher
+from data_gen.llm import TeacherConfig, make_teacher
 
 # A steady prose-like prompt: every request costs the same, so rates compare cleanly.
 _TEXT = "the river ran past the old mill while children watched boats drift slowly by"

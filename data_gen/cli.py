@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from data_gen.teachers import KINDS
+from data_gen.llm import KINDS
 
 _GEN_HELP = """\
 Sample documents, cut each at a random word (25%-75% by default), let a teacher continue the
@@ -164,7 +164,7 @@ def register(subparsers) -> None:
 
 
 def _teacher_config(args: argparse.Namespace, prefix: str = ""):
-    from data_gen.teachers import TeacherConfig
+    from data_gen.llm import TeacherConfig
 
     def arg(name):
         return getattr(args, prefix + name)
@@ -271,7 +271,7 @@ def _dry_run(args: argparse.Namespace, est) -> int:
 
 def _filter(args: argparse.Namespace) -> int:
     from data_gen.filter import FilterConfig, render_table, run_filter
-    from data_gen.teachers import RunStopped
+    from data_gen.llm import RunStopped
 
     try:
         judge = _teacher_config(args, "judge_") if args.judge_teacher else None

@@ -36,7 +36,7 @@ exit codes: 0 complete; 1 some verdicts missing (judge failures, re-run to ask a
 
 
 def register(subparsers) -> None:
-    from data_gen.teachers import KINDS
+    from data_gen.llm import KINDS
 
     p = subparsers.add_parser(
         "eval",
@@ -105,7 +105,7 @@ def register(subparsers) -> None:
 def _judge_config(args: argparse.Namespace):
     if not args.judge_teacher:
         return None
-    from data_gen.teachers import TeacherConfig
+    from data_gen.llm import TeacherConfig
 
     cfg = TeacherConfig(
         kind=args.judge_teacher,
@@ -173,7 +173,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _run(cfg) -> int:
     import json
 
-    from data_gen.teachers import RunStopped
+    from data_gen.llm import RunStopped
     from nif_lightning.evaluation.runner import run_eval
 
     def log(msg: str) -> None:

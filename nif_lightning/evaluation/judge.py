@@ -10,7 +10,7 @@ whichever answer comes first, so every question is judged twice, once in each or
 games count; the win rate is (wins + ties / 2) / games, from the model's side, with a 95%
 bootstrap interval over questions.
 
-The judge is reached through the teacher client of `nif gen` (`data_gen.teachers`): any
+The judge is reached through the teacher client of `nif gen` (`data_gen.llm`): any
 OpenAI-compatible or Anthropic endpoint, with its retries and rate limits. Each verdict is
 appended to a jsonl cache as it arrives, keyed by a hash of the judge's name and the exact
 prompt, so an interrupted evaluation resumes without paying twice, and changed answers are
@@ -29,8 +29,6 @@ import random
 import re
 from pathlib import Path
 from typing import Any
-
-from data_gen.store import JsonlCache
 
 # Our own wording of the two judge tasks (the benchmarks' prompts are not copied).
 _JUDGE_SYSTEM = "You are a careful, impartial judge of answers written by AI assistants."
@@ -117,13 +115,20 @@ def _key(judge_name: str, prompt: str) -> str:
 
 
 def _read_cache(path: Path) -> dict[str, dict]:
-    """Cache key -> verdict record; a line cut short by a kill is ignored."""
-    return {rec["key"]: rec for rec in JsonlCache(path).read()}
+    cached: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            cached[rec["key"]] = rec
+    return cached
 
 
 async def _ask_all(cfg, jobs: dict[str, tuple[str, str]], cache_path: Path, parse) -> dict:
     """`jobs`: label -> (kind, prompt). Returns label -> cached record (absent = unjudged)."""
-    from data_gen.teachers import RequestFailed, RunStopped, make_teacher
+    from data_gen.llm import RequestFailed, RunStopped, make_teacher
     from nif_lightning.evaluation.generate import open_for_append
 
     cfg = _judge_cfg(cfg)
@@ -163,7 +168,7 @@ async def _ask_all(cfg, jobs: dict[str, tuple[str, str]], cache_path: Path, pars
             n = min(cfg.concurrency, max(1, len(todo)))
             await asyncio.gather(*(worker() for _ in range(n)))
     if stopped:
-        from data_gen.teachers import RunStopped
+        from data_gen.llm import RunStopped
 
         raise RunStopped(f"the judge stopped the evaluation: {stopped[0]}; verdicts so far kept")
     return {label: cached[keys[label]] for label in jobs if keys[label] in cached}

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_gen.store import write_json_atomic
 from nif_lightning.evaluation import DATA_DIR
 from nif_lightning.evaluation.generate import GenerateConfig, resolve_template
 from nif_lightning.hub import check_model
@@ -52,7 +51,7 @@ class EvalConfig:
     """local (our checker on `ifeval_prompts`) | lm-eval (lm-eval's `ifeval` task)
     (`--ifeval-backend`)."""
     judge: Any = None
-    """`data_gen.teachers.TeacherConfig` of the judge (`--judge-teacher` ...)."""
+    """`data_gen.llm.TeacherConfig` of the judge (`--judge-teacher` ...)."""
     baseline_answers: str | None = None
     """The baseline model's `answers.jsonl` for the win rate (`--baseline-answers`)."""
     lm_eval: dict[str, Any] = field(default_factory=dict)
@@ -98,7 +97,9 @@ def _update_results(out: Path, cfg: EvalConfig, suite: str, result: dict[str, An
         }
     )
     data.setdefault("suites", {})[suite] = result
-    write_json_atomic(path, data)  # a kill never leaves half a file
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)  # a kill never leaves half a file
 
 
 def _merged_model(cfg: EvalConfig, out: Path) -> str:

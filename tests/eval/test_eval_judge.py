@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from data_gen.fake_server import FakeTeacherServer
-from data_gen.teachers import RunStopped, TeacherConfig
+from data_gen.llm import RunStopped, TeacherConfig
 from nif_lightning.evaluation import DATA_DIR
 from nif_lightning.evaluation.judge import (
     grade_single,

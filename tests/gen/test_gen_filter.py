@@ -192,7 +192,7 @@ def test_judge_through_the_batch_api_gives_the_live_verdicts(tmp_path):
 
 
 def test_a_live_filter_is_refused_while_judge_batches_pend(tmp_path, capsys):
-    from data_gen.batch import BatchLedger, BatchRecord
+    from data_gen.llm.batch import BatchLedger, BatchRecord
 
     _dataset(tmp_path / "d", ROWS)
     out = tmp_path / "f"

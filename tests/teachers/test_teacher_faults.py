@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from data_gen.fake_server import FAULTS, FakeTeacherServer, reply_for
-from data_gen.teachers import (
+from data_gen.llm import (
     AuthFailed,
     RequestFailed,
     RunStopped,

@@ -6,7 +6,8 @@ import asyncio
 import socket
 
 from data_gen.fake_server import FakeTeacherServer, reply_for
-from data_gen.teachers import TeacherConfig, _Fleet, make_teacher
+from data_gen.llm import TeacherConfig, make_teacher
+from data_gen.llm.client import _Fleet
 
 
 def _dead_url() -> str:

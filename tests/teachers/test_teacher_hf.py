@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from data_gen.teachers import Completion, TeacherConfig, make_teacher
+from data_gen.llm import Completion, TeacherConfig, make_teacher
 
 PROMPTS = [
     "The",

@@ -12,8 +12,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from data_gen.fake_server import FakeTeacherServer, reply_for
-from data_gen.ratelimit import RateLimiter
-from data_gen.retry import (
+from data_gen.llm import TeacherConfig, make_teacher
+from data_gen.llm.ratelimit import RateLimiter
+from data_gen.llm.retry import (
     backoff_delay,
     error_message,
     is_retryable,
@@ -22,7 +23,6 @@ from data_gen.retry import (
     redact,
     retry_after_seconds,
 )
-from data_gen.teachers import TeacherConfig, make_teacher
 
 
 class FakeClock:

@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from data_gen.retry import parse_reset
+from data_gen.llm.retry import parse_reset
 
 # (remaining header, reset header) pairs that announce an exhausted window.
 _WINDOW_HEADERS = tuple(

@@ -28,9 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_gen.retry import error_message
-from data_gen.store import parse_jsonl, write_json_atomic
-from data_gen.teachers import Completion, RequestFailed
+from data_gen.llm.client import Completion
+from data_gen.llm.errors import RequestFailed
+from data_gen.llm.retry import error_message
+from data_gen.shards import write_json_atomic
 
 
 @dataclass
@@ -183,7 +184,15 @@ class AnthropicBatches(_Api):
 def _jsonl(raw: bytes) -> list[dict[str, Any]]:
     """The records of a results file; a broken line is skipped (its request counts as
     unanswered and is sent again)."""
-    return parse_jsonl(raw.decode("utf-8", errors="replace"))
+    records = []
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
 
 
 def batch_api(teacher) -> _Api:

@@ -7,7 +7,10 @@ One interface, `await teacher.complete(prompt, reference=...) -> Completion`, ov
                         the first half is the user message, with no instruction
     openai-completions  /v1/completions, raw text in and out (base-model servers such as vLLM)
     anthropic           /v1/messages, with the paper's system prompt by default
-    hf                  a local transformers model, batched greedy generation (`hf_teacher.py`)
+    hf                  a local transformers model, batched greedy generation (`hf.py`)
+
+This module holds the base class and the HTTP engine every API teacher shares; the request
+bodies are in `wire.py`, the config in `config.py`, the factory in `factory.py`.
 
 The HTTP teachers own the robustness (DESIGN.md, "Teacher APIs"); the policy is in `retry.py`
 and the RPM/TPM limiter in `ratelimit.py`. In short: bounded retries with exponential backoff and
@@ -29,17 +32,17 @@ back: those are masked too) and never in `public_dict()` or a repr.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from data_gen.ratelimit import RateLimiter
-from data_gen.retry import (
+from data_gen.llm.config import TeacherConfig
+from data_gen.llm.errors import AuthFailed, RequestFailed, SpendLimitReached
+from data_gen.llm.ratelimit import RateLimiter
+from data_gen.llm.retry import (
     AUTH_STATUS,
     backoff_delay,
     error_message,
@@ -51,25 +54,6 @@ from data_gen.retry import (
 
 log = logging.getLogger(__name__)
 
-KINDS = ("original", "openai", "openai-completions", "anthropic", "hf")
-BATCH_KINDS = ("openai", "openai-completions", "anthropic")  # have a provider batch API
-
-# The system prompt the paper gave Claude teachers (OpenAI teachers got none).
-PAPER_SYSTEM_PROMPT = (
-    "Please continue directly from the end of the given sentence without repeating it"
-)
-ANTHROPIC_VERSION = "2023-06-01"
-
-_DEFAULT_URL = {
-    "openai": "https://api.openai.com/v1",
-    "openai-completions": "http://localhost:8000/v1",
-    "anthropic": "https://api.anthropic.com/v1",
-}
-_DEFAULT_KEY_ENV = {
-    "openai": "OPENAI_API_KEY",
-    "openai-completions": "OPENAI_API_KEY",
-    "anthropic": "ANTHROPIC_API_KEY",
-}
 # A server that refused a connection is skipped this long (doubling per refusal, capped).
 _DOWN_S, _MAX_DOWN_S = 1.0, 30.0
 
@@ -80,141 +64,6 @@ class Completion:
     finish_reason: str  # stop | length | content_filter | original | ... as the teacher says
     prompt_tokens: int
     completion_tokens: int
-
-
-class TeacherError(Exception):
-    """Base of every teacher failure."""
-
-
-class RequestFailed(TeacherError):
-    """This document failed (retries exhausted, or a 4xx retrying cannot fix); `str()` is a
-    short reason for `failures.jsonl`. The next run retries it."""
-
-
-class RunStopped(TeacherError):
-    """Every further request would fail the same way: stop the run, keep all finished work."""
-
-
-class SpendLimitReached(RunStopped):
-    """The account's quota or spend limit is used up."""
-
-
-class AuthFailed(RunStopped):
-    """The API rejected the key (401/403); the message names the variable to fix."""
-
-
-@dataclass
-class TeacherConfig:
-    """How to reach the teacher. Errors name the `nif gen` flag."""
-
-    kind: str = "original"
-    """original | openai | openai-completions | anthropic | hf (`--teacher`)."""
-    model: str | None = None
-    """API model name, or a HF hub id / local folder for `hf` (`--model`)."""
-    base_urls: tuple[str, ...] = ()
-    """API roots, e.g. http://host:8000/v1; several spread the load (`--base-url`, repeatable)."""
-    api_key_env: str | None = None
-    """NAME of the environment variable holding the key (`--api-key-env`)."""
-    temperature: float = 0.0
-    """Sampling temperature; the paper: 0 (`--temperature`)."""
-    max_tokens: int = 1024
-    """Continuation length cap (`--max-tokens`)."""
-    system_prompt: str | None = None
-    """System prompt; `anthropic` defaults to the paper's, "" for none (`--system-prompt`)."""
-    concurrency: int = 16
-    """Requests in flight; the batch size for `hf` (`--concurrency`)."""
-    rpm: float | None = None
-    """Requests-per-minute budget (`--rpm`)."""
-    tpm: float | None = None
-    """Tokens-per-minute budget; prompt chars / 4 + max_tokens charged up front (`--tpm`)."""
-    max_retries: int = 6
-    """Retries per document before it goes to failures.jsonl (`--max-retries`)."""
-    timeout: float = 120.0
-    """Seconds per request (`--timeout`)."""
-    backoff: float = 1.0
-    """First retry delay in seconds, doubled per attempt, with full jitter (`--backoff`)."""
-    batch: bool = False
-    """Send through the provider's batch API: half the price, answers within 24 h (`--batch`)."""
-    batch_size: int = 10_000
-    """Requests per provider batch (`--batch-size`; OpenAI takes 50k, Anthropic 100k)."""
-    poll_seconds: float = 60.0
-    """Seconds between status checks of a pending batch (`--poll-seconds`)."""
-    batch_wait: bool = True
-    """Wait for the batches to end; off: send, collect what has ended, exit (`--no-wait`)."""
-
-    def __post_init__(self) -> None:
-        self.base_urls = tuple(self.base_urls)
-        if self.kind not in KINDS:
-            raise ValueError(f"`--teacher` must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.kind != "original" and not self.model:
-            raise ValueError(f"`--teacher {self.kind}` needs `--model`")
-        if self.kind in ("original", "hf") and self.base_urls:
-            raise ValueError(f"`--base-url` does not apply to `--teacher {self.kind}`")
-        if self.kind in ("openai-completions", "hf") and self.system_prompt:
-            raise ValueError(
-                f"`--system-prompt` does not apply to `--teacher {self.kind}` (raw text in and out)"
-            )
-        for url in self.base_urls:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"`--base-url` must start with http:// or https://, got {url!r}")
-        if len(set(self.base_urls)) != len(self.base_urls):
-            raise ValueError("`--base-url` lists the same server twice")
-        checks = [
-            (self.temperature >= 0, "`--temperature` must be >= 0"),
-            (self.max_tokens >= 1, "`--max-tokens` must be >= 1"),
-            (self.concurrency >= 1, "`--concurrency` must be >= 1"),
-            (self.rpm is None or self.rpm > 0, "`--rpm` must be > 0"),
-            (self.tpm is None or self.tpm > 0, "`--tpm` must be > 0"),
-            (self.max_retries >= 0, "`--max-retries` must be >= 0"),
-            (self.timeout > 0, "`--timeout` must be > 0"),
-            (self.backoff >= 0, "`--backoff` must be >= 0"),
-            (self.batch_size >= 1, "`--batch-size` must be >= 1"),
-            (self.poll_seconds > 0, "`--poll-seconds` must be > 0"),
-            (
-                not self.batch or self.kind in BATCH_KINDS,
-                f"`--batch` needs a teacher with a batch API ({', '.join(BATCH_KINDS)})",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        if self.api_key_env is not None and self.api_key_env not in os.environ:
-            raise ValueError(
-                f"`--api-key-env {self.api_key_env}`: that environment variable is not set"
-            )
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        return self.base_urls or ((_DEFAULT_URL[self.kind],) if self.kind in _DEFAULT_URL else ())
-
-    @property
-    def key_env(self) -> str | None:
-        """The NAME of the variable the key is read from (never its value)."""
-        return self.api_key_env or _DEFAULT_KEY_ENV.get(self.kind)
-
-    @property
-    def effective_system_prompt(self) -> str | None:
-        if self.system_prompt is not None:
-            return self.system_prompt or None  # "" switches the default off
-        return PAPER_SYSTEM_PROMPT if self.kind == "anthropic" else None
-
-    def api_key(self) -> str | None:
-        """The key's value, read now from the environment (never stored in the config)."""
-        name = self.key_env
-        key = os.environ.get(name) if name else None
-        if not key and self.kind in _DEFAULT_URL and not self.base_urls:
-            # The public APIs need a key; local servers (vLLM, Ollama) usually do not.
-            raise ValueError(
-                f"`--teacher {self.kind}` on its public API needs a key in ${name} "
-                "(or name another variable with `--api-key-env`)"
-            )
-        return key or None
-
-    def public_dict(self) -> dict[str, Any]:
-        """For manifest.json: every setting, the key variable's *name* only, never a value."""
-        out = dataclasses.asdict(self)
-        out["base_urls"] = list(self.base_urls)
-        return out
 
 
 class Teacher:
@@ -436,106 +285,3 @@ class _HttpTeacher(Teacher):
         if not is_retryable(status):
             raise RequestFailed(reason)
         return reason
-
-
-def _openai_completion(body: dict[str, Any], text_of) -> Completion:
-    """The first choice of an OpenAI-format body; `text_of(choice)` differs by endpoint."""
-    choice = body["choices"][0]
-    usage = body.get("usage") or {}
-    return Completion(
-        str(text_of(choice)),
-        str(choice.get("finish_reason") or "unknown"),
-        int(usage.get("prompt_tokens") or 0),
-        int(usage.get("completion_tokens") or 0),
-    )
-
-
-class OpenAIChatTeacher(_HttpTeacher):
-    """/v1/chat/completions: the first half is the user message, with no instruction."""
-
-    path = "/chat/completions"
-
-    def payload(self, prompt: str) -> dict[str, Any]:
-        messages = [{"role": "user", "content": prompt}]
-        system = self.cfg.effective_system_prompt
-        if system:
-            messages.insert(0, {"role": "system", "content": system})
-        return {
-            "model": self.cfg.model,
-            "messages": messages,
-            "temperature": self.cfg.temperature,
-            "max_tokens": self.cfg.max_tokens,
-        }
-
-    def parse(self, body: dict[str, Any]) -> Completion:
-        return _openai_completion(body, lambda choice: choice["message"].get("content") or "")
-
-
-class OpenAICompletionsTeacher(_HttpTeacher):
-    """/v1/completions: raw text in, raw text out (what a base model wants)."""
-
-    path = "/completions"
-
-    def payload(self, prompt: str) -> dict[str, Any]:
-        return {
-            "model": self.cfg.model,
-            "prompt": prompt,
-            "temperature": self.cfg.temperature,
-            "max_tokens": self.cfg.max_tokens,
-        }
-
-    def parse(self, body: dict[str, Any]) -> Completion:
-        return _openai_completion(body, lambda choice: choice["text"])
-
-
-class AnthropicTeacher(_HttpTeacher):
-    """/v1/messages with `x-api-key` and `anthropic-version`; stop reasons mapped to OpenAI's."""
-
-    path = "/messages"
-    _STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"anthropic-version": ANTHROPIC_VERSION}
-        if self._key:
-            headers["x-api-key"] = self._key
-        return headers
-
-    def payload(self, prompt: str) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "model": self.cfg.model,
-            "max_tokens": self.cfg.max_tokens,
-            "temperature": self.cfg.temperature,
-            "messages": [{"role": "user", "content": prompt}],
-        }
-        system = self.cfg.effective_system_prompt
-        if system:
-            payload["system"] = system
-        return payload
-
-    def parse(self, body: dict[str, Any]) -> Completion:
-        if body.get("type") == "error":
-            raise ValueError("error body with status 200")
-        text = "".join(b["text"] for b in body["content"] if b.get("type") == "text")
-        usage = body.get("usage") or {}
-        stop = str(body.get("stop_reason") or "unknown")
-        return Completion(
-            text,
-            self._STOP.get(stop, stop),
-            int(usage.get("input_tokens") or 0),
-            int(usage.get("output_tokens") or 0),
-        )
-
-
-def make_teacher(cfg: TeacherConfig) -> Teacher:
-    """The teacher `cfg` describes; use it as `async with make_teacher(cfg) as teacher:`."""
-    if cfg.kind == "hf":
-        from data_gen.hf_teacher import HFTeacher  # imports torch only when asked for
-
-        return HFTeacher(cfg)
-    teachers = {
-        "original": OriginalTeacher,
-        "openai": OpenAIChatTeacher,
-        "openai-completions": OpenAICompletionsTeacher,
-        "anthropic": AnthropicTeacher,
-    }
-    return teachers[cfg.kind](cfg)

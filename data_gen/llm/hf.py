@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from data_gen.teachers import Completion, RequestFailed, Teacher, TeacherConfig
+from data_gen.llm.client import Completion, Teacher
+from data_gen.llm.config import TeacherConfig
+from data_gen.llm.errors import RequestFailed
 
 # How long the batcher waits for more prompts after the first: long enough for the other
 # workers (woken by the previous batch's results) to queue theirs, short next to a generate().

@@ -1,0 +1,146 @@
+"""`TeacherConfig`: how to reach an LLM (the teacher of `nif gen`, the judge of `nif filter`
+and `nif eval`), and the constants its checks need.
+
+Kept apart from the clients so a config (and the CLI flags derived from it) can be built
+without importing the HTTP engine. API keys are never stored here: `api_key()` reads the
+variable named by `--api-key-env` when a client is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("original", "openai", "openai-completions", "anthropic", "hf")
+BATCH_KINDS = ("openai", "openai-completions", "anthropic")  # have a provider batch API
+
+# The system prompt the paper gave Claude teachers (OpenAI teachers got none).
+PAPER_SYSTEM_PROMPT = (
+    "Please continue directly from the end of the given sentence without repeating it"
+)
+_DEFAULT_URL = {
+    "openai": "https://api.openai.com/v1",
+    "openai-completions": "http://localhost:8000/v1",
+    "anthropic": "https://api.anthropic.com/v1",
+}
+_DEFAULT_KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "openai-completions": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+}
+
+
+@dataclass
+class TeacherConfig:
+    """How to reach the teacher. Errors name the `nif gen` flag."""
+
+    kind: str = "original"
+    """original | openai | openai-completions | anthropic | hf (`--teacher`)."""
+    model: str | None = None
+    """API model name, or a HF hub id / local folder for `hf` (`--model`)."""
+    base_urls: tuple[str, ...] = ()
+    """API roots, e.g. http://host:8000/v1; several spread the load (`--base-url`, repeatable)."""
+    api_key_env: str | None = None
+    """NAME of the environment variable holding the key (`--api-key-env`)."""
+    temperature: float = 0.0
+    """Sampling temperature; the paper: 0 (`--temperature`)."""
+    max_tokens: int = 1024
+    """Continuation length cap (`--max-tokens`)."""
+    system_prompt: str | None = None
+    """System prompt; `anthropic` defaults to the paper's, "" for none (`--system-prompt`)."""
+    concurrency: int = 16
+    """Requests in flight; the batch size for `hf` (`--concurrency`)."""
+    rpm: float | None = None
+    """Requests-per-minute budget (`--rpm`)."""
+    tpm: float | None = None
+    """Tokens-per-minute budget; prompt chars / 4 + max_tokens charged up front (`--tpm`)."""
+    max_retries: int = 6
+    """Retries per document before it goes to failures.jsonl (`--max-retries`)."""
+    timeout: float = 120.0
+    """Seconds per request (`--timeout`)."""
+    backoff: float = 1.0
+    """First retry delay in seconds, doubled per attempt, with full jitter (`--backoff`)."""
+    batch: bool = False
+    """Send through the provider's batch API: half the price, answers within 24 h (`--batch`)."""
+    batch_size: int = 10_000
+    """Requests per provider batch (`--batch-size`; OpenAI takes 50k, Anthropic 100k)."""
+    poll_seconds: float = 60.0
+    """Seconds between status checks of a pending batch (`--poll-seconds`)."""
+    batch_wait: bool = True
+    """Wait for the batches to end; off: send, collect what has ended, exit (`--no-wait`)."""
+
+    def __post_init__(self) -> None:
+        self.base_urls = tuple(self.base_urls)
+        if self.kind not in KINDS:
+            raise ValueError(f"`--teacher` must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.kind != "original" and not self.model:
+            raise ValueError(f"`--teacher {self.kind}` needs `--model`")
+        if self.kind in ("original", "hf") and self.base_urls:
+            raise ValueError(f"`--base-url` does not apply to `--teacher {self.kind}`")
+        if self.kind in ("openai-completions", "hf") and self.system_prompt:
+            raise ValueError(
+                f"`--system-prompt` does not apply to `--teacher {self.kind}` (raw text in and out)"
+            )
+        for url in self.base_urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"`--base-url` must start with http:// or https://, got {url!r}")
+        if len(set(self.base_urls)) != len(self.base_urls):
+            raise ValueError("`--base-url` lists the same server twice")
+        checks = [
+            (self.temperature >= 0, "`--temperature` must be >= 0"),
+            (self.max_tokens >= 1, "`--max-tokens` must be >= 1"),
+            (self.concurrency >= 1, "`--concurrency` must be >= 1"),
+            (self.rpm is None or self.rpm > 0, "`--rpm` must be > 0"),
+            (self.tpm is None or self.tpm > 0, "`--tpm` must be > 0"),
+            (self.max_retries >= 0, "`--max-retries` must be >= 0"),
+            (self.timeout > 0, "`--timeout` must be > 0"),
+            (self.backoff >= 0, "`--backoff` must be >= 0"),
+            (self.batch_size >= 1, "`--batch-size` must be >= 1"),
+            (self.poll_seconds > 0, "`--poll-seconds` must be > 0"),
+            (
+                not self.batch or self.kind in BATCH_KINDS,
+                f"`--batch` needs a teacher with a batch API ({', '.join(BATCH_KINDS)})",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.api_key_env is not None and self.api_key_env not in os.environ:
+            raise ValueError(
+                f"`--api-key-env {self.api_key_env}`: that environment variable is not set"
+            )
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return self.base_urls or ((_DEFAULT_URL[self.kind],) if self.kind in _DEFAULT_URL else ())
+
+    @property
+    def key_env(self) -> str | None:
+        """The NAME of the variable the key is read from (never its value)."""
+        return self.api_key_env or _DEFAULT_KEY_ENV.get(self.kind)
+
+    @property
+    def effective_system_prompt(self) -> str | None:
+        if self.system_prompt is not None:
+            return self.system_prompt or None  # "" switches the default off
+        return PAPER_SYSTEM_PROMPT if self.kind == "anthropic" else None
+
+    def api_key(self) -> str | None:
+        """The key's value, read now from the environment (never stored in the config)."""
+        name = self.key_env
+        key = os.environ.get(name) if name else None
+        if not key and self.kind in _DEFAULT_URL and not self.base_urls:
+            # The public APIs need a key; local servers (vLLM, Ollama) usually do not.
+            raise ValueError(
+                f"`--teacher {self.kind}` on its public API needs a key in ${name} "
+                "(or name another variable with `--api-key-env`)"
+            )
+        return key or None
+
+    def public_dict(self) -> dict[str, Any]:
+        """For manifest.json: every setting, the key variable's *name* only, never a value."""
+        out = dataclasses.asdict(self)
+        out["base_urls"] = list(self.base_urls)
+        return out
