@@ -31,7 +31,7 @@ from typing import Any
 from data_gen.llm.client import Completion
 from data_gen.llm.errors import RequestFailed
 from data_gen.llm.retry import error_message
-from data_gen.shards import write_json_atomic
+from data_gen.store import parse_jsonl, write_json_atomic
 
 
 @dataclass
@@ -184,15 +184,7 @@ class AnthropicBatches(_Api):
 def _jsonl(raw: bytes) -> list[dict[str, Any]]:
     """The records of a results file; a broken line is skipped (its request counts as
     unanswered and is sent again)."""
-    records = []
-    for line in raw.decode("utf-8", errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
+    return parse_jsonl(raw.decode("utf-8", errors="replace"))
 
 
 def batch_api(teacher) -> _Api:
