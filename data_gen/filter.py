@@ -18,7 +18,6 @@ manifest), so `nif train` and `nif export` read it the same way.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ from typing import Any
 
 from data_gen.llm import RequestFailed, RunStopped, TeacherConfig, make_teacher
 from data_gen.llm.batch import BatchLedger, run_batches
-from data_gen.shards import DirLock, ShardWriter, read_rows, shard_paths, write_json_atomic
+from data_gen.shards import DirLock, ShardWriter, read_rows
+from data_gen.store import JsonlCache, shard_paths, write_json_atomic, write_text_atomic
 
 # Appendix B, with example documents written for this project in place of the paper's
 # unpublished {positive_example} / {negative_example}.
@@ -141,7 +141,7 @@ def run_filter(cfg: FilterConfig, *, progress: bool = True) -> dict[str, Any]:
             writer.add(row)
         writer.flush()
         write_json_atomic(out / "filter_report.json", report)
-        (out / "filter_report.md").write_text(render_table(report), encoding="utf-8")
+        write_text_atomic(out / "filter_report.md", render_table(report))
         write_json_atomic(
             out / "manifest.json",
             {
@@ -215,30 +215,13 @@ def render_table(report: dict[str, Any]) -> str:
     )
 
 
-def _end_cut_line(path: Path) -> None:
-    """A kill can leave the cache's last line unfinished; end it, or the next verdict appended
-    would be glued to it and both would be unreadable."""
-    if path.is_file() and path.stat().st_size:
-        with path.open("rb+") as f:
-            f.seek(-1, 2)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-
-
 async def _judge_all(cfg: FilterConfig, rows: list[dict], out: Path, progress: bool) -> dict:
     """Verdicts for every (row, check), from the cache or the judge; cached as they arrive."""
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    cache_path = out / "judgements.jsonl"
-    verdicts: dict[tuple[str, str], bool | None] = {}
-    if cache_path.is_file():
-        for line in cache_path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            verdicts[(rec["id"], rec["check"])] = rec["verdict"]
+    cache = JsonlCache(out / "judgements.jsonl")
+    verdicts = {(rec["id"], rec["check"]): rec["verdict"] for rec in cache.read()}
     upper = cfg.uppercase
     todo = [
         (row, check)
@@ -249,14 +232,12 @@ async def _judge_all(cfg: FilterConfig, rows: list[dict], out: Path, progress: b
     ]
     bar = tqdm(total=len(todo), unit="verdict", desc="nif filter (judge)", disable=not progress)
     stopped: list[str] = []
-    _end_cut_line(cache_path)
-    with cache_path.open("a", encoding="utf-8") as cache:
+    with cache.open_for_append() as appender:
 
         def record(row_id: str, check: str, answer: str) -> None:
             verdict = parse_verdict(answer)
             verdicts[(row_id, check)] = verdict
-            cache.write(json.dumps({"id": row_id, "check": check, "verdict": verdict}) + "\n")
-            cache.flush()
+            appender.append({"id": row_id, "check": check, "verdict": verdict})
             bar.update(1)
 
         async with make_teacher(cfg.judge) as judge:

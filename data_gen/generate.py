@@ -43,19 +43,23 @@ from data_gen.llm import (
 )
 from data_gen.llm.batch import BatchLedger, run_batches
 from data_gen.sampling import Example, cut_document, sample_documents
-from data_gen.shards import (
-    DirLock,
-    ShardWriter,
-    read_ids,
-    read_table,
-    token_totals,
+from data_gen.shards import DirLock, ShardWriter, read_ids, token_totals
+from data_gen.store import (
+    config_diff,
+    config_value,
+    fingerprint,
+    read_shard,
     write_json_atomic,
     write_table_atomic,
 )
 
-# Settings that may change between runs on the same folder: they change how fast the data is
-# made, not what it is.
+# Settings of `nif gen` that may change between runs on the same folder: they change how fast
+# (or where) the data is made, not what it is. Dropped at any depth by `store.fingerprint`, so
+# `nif gen` (`check_resume`) and `nif run` (its gen stage) agree on what changes the data.
 OPERATIONAL = {
+    "out",
+    "shard_rows",
+    "flush_seconds",
     "concurrency",
     "rpm",
     "tpm",
@@ -189,7 +193,7 @@ def load_sample(out: Path, cfg: GenConfig) -> tuple[list[Example], SkipCounts] |
     path = out / "sample.arrow"
     if not path.is_file():
         return None
-    table = read_table(path)
+    table = read_shard(path)
     meta = table.schema.metadata or {}
     if meta.get(b"sample_key", b"").decode() != _sample_key(cfg):
         return None
@@ -209,18 +213,10 @@ def check_resume(out: Path, cfg: GenConfig) -> None:
     if not manifest.is_file():
         return
     old = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
-    new = cfg.public_dict()
+    old, new = fingerprint(old, OPERATIONAL), fingerprint(cfg.public_dict(), OPERATIONAL)
     diffs = [
-        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-        for key in sorted(set(old) | set(new))
-        if key not in ("teacher", "out", "shard_rows", "flush_seconds")
-        and old.get(key) != new.get(key)
-    ]
-    old_t, new_t = old.get("teacher", {}), new["teacher"]
-    diffs += [
-        f"teacher.{key}: {old_t.get(key)!r} -> {new_t.get(key)!r}"
-        for key in sorted(set(old_t) | set(new_t))
-        if key not in OPERATIONAL and old_t.get(key) != new_t.get(key)
+        f"{key}: {config_value(old, key)!r} -> {config_value(new, key)!r}"
+        for key in config_diff(old, new)
     ]
     if diffs:
         raise ValueError(

@@ -30,6 +30,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from data_gen.store import JsonlCache
+
 # Our own wording of the two judge tasks (the benchmarks' prompts are not copied).
 _JUDGE_SYSTEM = "You are a careful, impartial judge of answers written by AI assistants."
 
@@ -115,15 +117,8 @@ def _key(judge_name: str, prompt: str) -> str:
 
 
 def _read_cache(path: Path) -> dict[str, dict]:
-    cached: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            cached[rec["key"]] = rec
-    return cached
+    """Cache key -> verdict record; a line cut short by a kill is ignored."""
+    return {rec["key"]: rec for rec in JsonlCache(path).read()}
 
 
 async def _ask_all(cfg, jobs: dict[str, tuple[str, str]], cache_path: Path, parse) -> dict:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_gen.store import write_json_atomic
 from nif_lightning.evaluation import DATA_DIR
 from nif_lightning.evaluation.generate import GenerateConfig, resolve_template
 from nif_lightning.hub import check_model
@@ -97,9 +98,7 @@ def _update_results(out: Path, cfg: EvalConfig, suite: str, result: dict[str, An
         }
     )
     data.setdefault("suites", {})[suite] = result
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)  # a kill never leaves half a file
+    write_json_atomic(path, data)  # a kill never leaves half a file
 
 
 def _merged_model(cfg: EvalConfig, out: Path) -> str:
