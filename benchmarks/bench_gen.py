@@ -3,8 +3,9 @@
     python -m benchmarks.bench_gen                       # 0.5 s and 0 s latency, C = 16/64/256
     python -m benchmarks.bench_gen --latency 0.5 --concurrency 256 --reps 1
 
-The fake server (`data_gen.fake_server`) runs in its own process with a fixed per-reply latency,
-so neither client shares an event loop or the GIL with it. For each latency and concurrency C:
+The fake server (tests/support/fake_provider.py, run as a script) runs in its own process with
+a fixed per-reply latency, so neither client shares an event loop or the GIL with it. For each
+latency and concurrency C:
 
 (a) baseline: the smallest reasonable aiohttp client: C tasks posting chat completions and
     reading the JSON, no limiter, no retries, nothing written;
@@ -32,9 +33,11 @@ import time
 from pathlib import Path
 
 from benchmarks.common import markdown_table, write_rows
-
 from data_gen.generate import GenConfig, generate
 from data_gen.llm import TeacherConfig, make_teacher
+
+# The test suite's fake teacher, run as a script (it is not part of the installed packages).
+FAKE_PROVIDER = Path(__file__).resolve().parents[1] / "tests" / "support" / "fake_provider.py"
 
 # A steady prose-like prompt: every request costs the same, so rates compare cleanly.
 _TEXT = "the river ran past the old mill while children watched boats drift slowly by"
@@ -56,19 +59,11 @@ def _write_corpus(path: Path, n: int) -> Path:
 
 
 class _Server:
-    """`python -m data_gen.fake_server` in a child process, for one latency."""
+    """`python tests/support/fake_provider.py` in a child process, for one latency."""
 
     def __init__(self, latency: float) -> None:
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "data_gen.fake_server",
-                "--port",
-                "0",
-                "--latency",
-                str(latency),
-            ],
+            [sys.executable, str(FAKE_PROVIDER), "--port", "0", "--latency", str(latency)],
             stdout=subprocess.PIPE,
             text=True,
         )

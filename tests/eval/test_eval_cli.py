@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from data_gen.fake_server import FakeTeacherServer
+from fake_provider import FakeTeacherServer
 from nif_lightning.cli import main
 from nif_lightning.evaluation import DATA_DIR, generate
 from nif_lightning.evaluation.generate import (

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from data_gen.fake_server import FakeTeacherServer
 from data_gen.llm import RunStopped, TeacherConfig
+from fake_provider import FakeTeacherServer
 from nif_lightning.evaluation import DATA_DIR
 from nif_lightning.evaluation.judge import (
     grade_single,

@@ -162,7 +162,7 @@ def test_bad_input_is_skipped_and_counted_by_reason(tmp_path):
 
 
 def test_nothing_usable_is_a_clear_error_before_any_request(tmp_path, capsys):
-    from data_gen.fake_server import FakeTeacherServer
+    from fake_provider import FakeTeacherServer
 
     (tmp_path / "empty.jsonl").write_text('{"text": ""}\n{oops\n')
     with FakeTeacherServer() as server:

@@ -14,10 +14,10 @@ from collections import Counter
 
 import pytest
 
-from data_gen.fake_server import FakeTeacherServer, reply_for
 from data_gen.generate import GenConfig, generate
 from data_gen.llm import TeacherConfig
 from data_gen.shards import read_rows
+from fake_provider import FakeTeacherServer, reply_for
 
 
 def _cfg(out, url, kind="openai", n=14, model="teacher-x", **teacher) -> GenConfig:

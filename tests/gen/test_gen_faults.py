@@ -14,10 +14,11 @@ from collections import Counter
 
 import pytest
 
-from data_gen.fake_server import FAULTS, FakeTeacherServer, reply_for
+import fake_provider
 from data_gen.generate import GenConfig, generate
 from data_gen.llm import TeacherConfig
 from data_gen.shards import read_rows
+from fake_provider import FAULTS, FakeTeacherServer, reply_for
 
 
 def _cfg(out, url, kind="openai", n=14, **teacher) -> GenConfig:
@@ -133,7 +134,7 @@ def test_api_key_is_sent_but_never_written_or_printed(tmp_path, monkeypatch, cap
 
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
     server = subprocess.Popen(
-        [sys.executable, "-m", "data_gen.fake_server", "--port", "0", "--latency", "0.05"],
+        [sys.executable, fake_provider.__file__, "--port", "0", "--latency", "0.05"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 from data_gen.cli import register
-from data_gen.fake_server import FakeTeacherServer
 from data_gen.filter import (
     CONVERSATIONAL_PROMPT,
     INSTRUCTIONAL_PROMPT,
@@ -14,6 +13,7 @@ from data_gen.filter import (
     uppercase_mismatch,
 )
 from data_gen.shards import ShardWriter, read_rows
+from fake_provider import FakeTeacherServer
 
 
 def _nif(argv):

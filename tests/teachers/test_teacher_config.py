@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from data_gen.fake_server import FakeTeacherServer
 from data_gen.llm import AuthFailed, RequestFailed, TeacherConfig, make_teacher
+from fake_provider import FakeTeacherServer
 
 URL = ("http://127.0.0.1:9/v1",)
 

@@ -7,7 +7,6 @@ import asyncio
 
 import pytest
 
-from data_gen.fake_server import FAULTS, FakeTeacherServer, reply_for
 from data_gen.llm import (
     AuthFailed,
     RequestFailed,
@@ -16,6 +15,7 @@ from data_gen.llm import (
     TeacherConfig,
     make_teacher,
 )
+from fake_provider import FAULTS, FakeTeacherServer, reply_for
 
 KINDS = ("openai", "openai-completions", "anthropic")
 # The `slow` fault answers after 0.6 s; the client gives up after 0.2 s and retries.

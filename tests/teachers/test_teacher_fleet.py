@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from data_gen.fake_server import FakeTeacherServer, reply_for
 from data_gen.llm import TeacherConfig, make_teacher
 from data_gen.llm.client import _Fleet
+from fake_provider import FakeTeacherServer, reply_for
 
 
 def _dead_url() -> str:

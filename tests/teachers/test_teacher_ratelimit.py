@@ -11,7 +11,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from data_gen.fake_server import FakeTeacherServer, reply_for
 from data_gen.llm import TeacherConfig, make_teacher
 from data_gen.llm.ratelimit import RateLimiter
 from data_gen.llm.retry import (
@@ -23,6 +22,7 @@ from data_gen.llm.retry import (
     redact,
     retry_after_seconds,
 )
+from fake_provider import FakeTeacherServer, reply_for
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from data_gen.fake_server import FakeTeacherServer, reply_for
+import fake_provider
 from data_gen.llm import (
     PAPER_SYSTEM_PROMPT,
     Completion,
@@ -15,6 +15,7 @@ from data_gen.llm import (
     TeacherConfig,
     make_teacher,
 )
+from fake_provider import FakeTeacherServer, reply_for
 
 ROUTE = {"openai": "chat", "openai-completions": "completions", "anthropic": "anthropic"}
 PROMPTS = [f"Document {i}: the river ran past the mill and" for i in range(12)]
@@ -100,14 +101,15 @@ def test_teacher_name_and_use_outside_context():
         asyncio.run(teacher.complete("x"))
 
 
-def test_fake_server_subprocess_prints_its_url_and_serves():
+def test_fake_provider_script_prints_its_url_and_serves(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "data_gen.fake_server", "--port", "0", "--length-every", "1"],
+    proc = subprocess.Popen(  # a script path, run from an unrelated folder
+        [sys.executable, fake_provider.__file__, "--port", "0", "--length-every", "1"],
         stdout=subprocess.PIPE,
         text=True,
+        cwd=tmp_path,
     )
     try:
         url = proc.stdout.readline().strip()
@@ -125,7 +127,7 @@ def test_fake_server_subprocess_prints_its_url_and_serves():
         proc.wait()
 
 
-def test_fake_server_rejects_unknown_fault_kinds():
+def test_fake_provider_rejects_unknown_fault_kinds():
     with pytest.raises(ValueError, match="unknown fault"):
         FakeTeacherServer(schedule=["teapot"])
     with pytest.raises(ValueError, match="fault-rate"):

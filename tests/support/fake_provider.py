@@ -1,5 +1,7 @@
 """A local teacher server for tests and benchmarks: OpenAI and Anthropic wire formats, with
-latency and fault injection.
+latency and fault injection. It lives under tests/ so that no HTTP server ships in the wheel;
+tests import it as `fake_provider` (pyproject's pytest `pythonpath`), other processes run the
+file as a script (it imports nothing from the project).
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions` (OpenAI) and `POST /v1/messages`
 (Anthropic). The default reply is a deterministic function of the prompt (`reply_for`), so a test
@@ -42,7 +44,7 @@ Run it in-process (a background thread with its own event loop, so the code unde
 or in the caller's own event loop (`async with FakeTeacherServer() as server:`), or as a
 process that a test can keep alive while it SIGKILLs the generator:
 
-    python -m data_gen.fake_server --port 0 --latency 0.05   # prints the URL when ready
+    python tests/support/fake_provider.py --port 0 --latency 0.05   # prints the URL when ready
 """
 
 from __future__ import annotations
