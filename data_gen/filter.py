@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_gen.llm import RequestFailed, RunStopped, TeacherConfig, make_teacher
+from data_gen.config import FilterConfig
+from data_gen.llm import RequestFailed, RunStopped, make_teacher
 from data_gen.llm.batch import BatchLedger, run_batches
+from data_gen.llm.fanout import fan_out
 from data_gen.shards import DirLock, ShardWriter, read_rows
-from data_gen.store import JsonlCache, shard_paths, write_json_atomic, write_text_atomic
+from data_gen.store import JsonlCache, write_json_atomic, write_text_atomic
 
 # Appendix B, with example documents written for this project in place of the paper's
 # unpublished {positive_example} / {negative_example}.
@@ -81,40 +82,6 @@ def parse_verdict(answer: str) -> bool | None:
     words = answer.strip().lstrip("*\"'`#> ").split(maxsplit=1)
     first = words[0].strip("*\"'`.,:;!").lower() if words else ""
     return {"yes": True, "no": False}.get(first)
-
-
-@dataclass
-class FilterConfig:
-    """What `nif filter` does. Errors name the flag."""
-
-    src: str
-    """Folder written by `nif gen` (positional DIR)."""
-    out: str
-    """New dataset folder (`--out`)."""
-    uppercase: bool = True
-    """Apply the uppercase rule (a) (`--no-uppercase` switches it off)."""
-    judge: TeacherConfig | None = None
-    """Judge teacher for (b); None = no judge (`--judge-teacher`)."""
-    drop_instructional: bool = True
-    """Drop rows the judge calls instructional (`--keep-instructional` keeps them)."""
-    drop_conversational: bool = True
-    """Drop rows the judge calls conversational (`--keep-conversational` keeps them)."""
-
-    def __post_init__(self) -> None:
-        src = Path(self.src)
-        if not shard_paths(src):
-            raise FileNotFoundError(f"DIR {src} holds no shards/*.arrow (run `nif gen` first)")
-        if Path(self.out).resolve() == src.resolve():
-            raise ValueError("`--out` must be a new folder, not DIR itself")
-
-    def public_dict(self) -> dict[str, Any]:
-        return {
-            "src": self.src,
-            "uppercase": self.uppercase,
-            "judge": self.judge.public_dict() if self.judge else None,
-            "drop_instructional": self.drop_instructional,
-            "drop_conversational": self.drop_conversational,
-        }
 
 
 JUDGE_BATCHES = "judge_batches.json"
@@ -256,24 +223,16 @@ def _document(row: dict) -> str:
 
 
 async def _judge_live(judge, todo: list, record, bar, stopped: list[str]) -> None:
-    queue: asyncio.Queue = asyncio.Queue()
-    for item in todo:
-        queue.put_nowait(item)
-
-    async def worker() -> None:
-        while not stopped and not queue.empty():
-            row, check = queue.get_nowait()
-            try:
-                answer = await judge.complete(CHECKS[check].format(document=_document(row)))
-            except RequestFailed:
-                bar.update(1)
-                continue  # unjudged; the next run asks again
-            except RunStopped as err:
-                stopped.append(str(err))
-                return
-            record(row["id"], check, answer.text)
-
-    await asyncio.gather(*(worker() for _ in range(min(judge.cfg.concurrency, max(1, len(todo))))))
+    stop = await fan_out(
+        judge,
+        todo,
+        lambda item: CHECKS[item[1]].format(document=_document(item[0])),
+        lambda item, answer: record(item[0]["id"], item[1], answer.text),
+        lambda item, err: bar.update(1),  # unjudged; the next run asks again
+        concurrency=judge.cfg.concurrency,
+    )
+    if stop is not None:
+        stopped.append(str(stop))
 
 
 async def _judge_batched(judge, out: Path, todo: list, record, bar, stopped: list[str]) -> None:

@@ -24,16 +24,15 @@ Killing the process at any moment loses at most the rows not yet flushed (at mos
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
-from data_gen.corpus import SkipCounts, check_source, iter_documents
+from data_gen.config import GenConfig
+from data_gen.corpus import SkipCounts, iter_documents
 from data_gen.llm import (
     Completion,
     RequestFailed,
@@ -42,6 +41,7 @@ from data_gen.llm import (
     make_teacher,
 )
 from data_gen.llm.batch import BatchLedger, run_batches
+from data_gen.llm.fanout import fan_out
 from data_gen.sampling import Example, cut_document, sample_documents
 from data_gen.shards import DirLock, ShardWriter, read_ids, token_totals
 from data_gen.store import (
@@ -73,57 +73,6 @@ OPERATIONAL = {
     "poll_seconds",
     "batch_wait",
 }
-
-
-@dataclass
-class GenConfig:
-    """Everything `nif gen` needs. Errors name the flag."""
-
-    corpus: str
-    """`builtin`, `hf:NAME[:SPLIT][@REVISION]`, or a .jsonl/.json/.parquet/.txt file or folder
-    (`--corpus`)."""
-    out: str
-    """Output folder: shards/, manifest.json, failures.jsonl (`--out`)."""
-    num_docs: int | None = None
-    """Documents to sample uniformly without replacement; None = all (`--num-docs`)."""
-    seed: int = 0
-    """Seed of the sample and the cut points (`--seed`)."""
-    text_field: str = "text"
-    """Field holding the text in JSON/parquet/HF records (`--text-field`)."""
-    id_field: str | None = None
-    """Field holding a document id; default: a hash of the text (`--id-field`)."""
-    split_min: float = 0.25
-    """Earliest cut, as a fraction of the word count (`--split-min`)."""
-    split_max: float = 0.75
-    """Latest cut, as a fraction of the word count (`--split-max`)."""
-    min_words: int = 8
-    """Shorter documents are skipped as too short (`--min-words`)."""
-    shard_rows: int = 1000
-    """Rows per shard (`--shard-rows`)."""
-    flush_seconds: float = 30.0
-    """Also write a shard at least this often, bounding work lost to a kill (`--flush-seconds`)."""
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-
-    def __post_init__(self) -> None:
-        if self.num_docs is not None and self.num_docs < 1:
-            raise ValueError(f"`--num-docs` must be >= 1, got {self.num_docs}")
-        if not 0.0 < self.split_min <= self.split_max < 1.0:
-            raise ValueError(
-                "`--split-min` and `--split-max` must satisfy 0 < min <= max < 1, "
-                f"got {self.split_min} and {self.split_max}"
-            )
-        if self.min_words < 2:
-            raise ValueError(f"`--min-words` must be >= 2, got {self.min_words}")
-        if self.shard_rows < 1:
-            raise ValueError(f"`--shard-rows` must be >= 1, got {self.shard_rows}")
-        if self.flush_seconds <= 0:
-            raise ValueError(f"`--flush-seconds` must be > 0, got {self.flush_seconds}")
-        check_source(self.corpus)
-
-    def public_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["teacher"] = self.teacher.public_dict()
-        return out
 
 
 @dataclass
@@ -362,40 +311,32 @@ async def _generate(
 
 
 async def _send_live(teacher, todo: list[Example], run: _Run, concurrency: int) -> None:
-    """`concurrency` workers, one request each at a time, until the queue is empty or a stop."""
+    """`concurrency` workers, one request each at a time, until every document is asked or a
+    stop."""
     stats = run.stats
-    queue: asyncio.Queue[Example] = asyncio.Queue()
-    for ex in todo:
-        queue.put_nowait(ex)
-    stop = asyncio.Event()
 
-    async def worker() -> None:
-        while not stop.is_set():
-            try:
-                ex = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            try:
-                c = await teacher.complete(ex.prompt, reference=ex.reference)
-            except RequestFailed as err:
-                run.failed(ex, str(err))
-                if stats.new == 0 and stats.failed >= FAIL_FAST and not stop.is_set():
-                    # A wrong model name or endpoint fails every request: say so now rather than
-                    # fail the whole corpus one document at a time.
-                    stats.stopped = (
-                        f"the teacher failed the first {stats.failed} documents and answered "
-                        f"none (last: {err}); check --model / --base-url"
-                    )
-                    stop.set()
-                    return
-            except RunStopped as err:
-                stats.stopped = f"{type(err).__name__}: {err}"
-                stop.set()
-                return
-            else:
-                run.done(ex, c, teacher.name)
+    def failed(ex: Example, err: RequestFailed) -> None:
+        run.failed(ex, str(err))
+        if stats.new == 0 and stats.failed >= FAIL_FAST and stats.stopped is None:
+            # A wrong model name or endpoint fails every request: say so now rather than
+            # fail the whole corpus one document at a time.
+            stats.stopped = (
+                f"the teacher failed the first {stats.failed} documents and answered "
+                f"none (last: {err}); check --model / --base-url"
+            )
+            raise RunStopped(stats.stopped)
 
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(todo))))))
+    stop = await fan_out(
+        teacher,
+        todo,
+        lambda ex: ex.prompt,
+        lambda ex, c: run.done(ex, c, teacher.name),
+        failed,
+        concurrency=concurrency,
+        reference=lambda ex: ex.reference,
+    )
+    if stop is not None and stats.stopped is None:
+        stats.stopped = f"{type(stop).__name__}: {stop}"
 
 
 async def _send_batches(teacher, out: Path, todo: list[Example], run: _Run) -> None:

@@ -59,6 +59,31 @@ def main(argv: list[str] | None = None) -> int:
             "interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr
         )
         return 130
+    except Exception as err:
+        code = exit_code(err)
+        if code is None:
+            raise
+        print(f"nif {args.command}: {err}", file=sys.stderr)
+        return code
+
+
+def exit_code(err: BaseException) -> int | None:
+    """The one mapping of errors to exit codes: 2 bad input (a config problem, a memory plan
+    that cannot fit), 3 the provider stopped the run (spend limit, rejected key); None: a bug,
+    shown as a traceback."""
+    from data_gen.llm.errors import RunStopped
+    from data_gen.schema import ConfigError
+
+    if isinstance(err, ConfigError):
+        return 2
+    if isinstance(err, RunStopped):
+        return 3
+    if "nif_lightning.memory" in sys.modules:
+        from nif_lightning.memory import PlanError
+
+        if isinstance(err, PlanError):
+            return 2
+    return None
 
 
 def _version() -> str:

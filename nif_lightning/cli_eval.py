@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 _EPILOG = """\
 suites:
@@ -36,7 +35,8 @@ exit codes: 0 complete; 1 some verdicts missing (judge failures, re-run to ask a
 
 
 def register(subparsers) -> None:
-    from data_gen.llm import KINDS
+    from data_gen.schema import add_arguments
+    from nif_lightning.evaluation.config import EvalConfig
 
     p = subparsers.add_parser(
         "eval",
@@ -54,126 +54,26 @@ def register(subparsers) -> None:
         metavar="MODEL_DIR | compare RUN_DIR...",
         help="a model folder (or HF id) to evaluate, or `compare` and evaluated run folders",
     )
-    p.add_argument("--out", help="output folder (default MODEL_DIR/eval; compare: ./eval-compare)")
-    p.add_argument(
-        "--suite",
-        action="append",
-        choices=("ifeval", "oll", "judge", "all"),
-        help="suite to run; repeatable (default all)",
-    )
-    p.add_argument("--name", help="row label for `compare`, e.g. lora-base (default folder name)")
-    p.add_argument("--adapter", help="PEFT adapter to merge into MODEL_DIR first")
-
-    g = p.add_argument_group("answers")
-    g.add_argument(
-        "--template",
-        default="auto",
-        choices=("auto", "chat", "one_shot", "vanilla"),
-        help="prompt template (Table 1): auto = chat if the tokenizer has one, else one_shot",
-    )
-    g.add_argument("--max-new-tokens", type=int, default=512, help="answer length cap")
-    g.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
-    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-
-    g = p.add_argument_group("files")
-    g.add_argument("--questions", help="MT-Bench-format question jsonl (default: shipped)")
-    g.add_argument("--ifeval-prompts", help="IFEval-format prompt jsonl (default: shipped)")
-    g.add_argument("--ifeval-backend", default="local", choices=("local", "lm-eval"))
-    g.add_argument("--baseline-answers", help="a baseline model's answers.jsonl (win rate)")
-
-    g = p.add_argument_group("lm-eval (oll, ifeval --ifeval-backend lm-eval)")
-    g.add_argument("--include-path", help="extra task YAML folder, e.g. tasks on local files")
-    g.add_argument("--hf-cache", help="a prepared HF cache folder; datasets/hub go offline")
-    g.add_argument("--limit", type=int, help="documents per task (a quick look, not a score)")
-
-    g = p.add_argument_group("judge")
-    g.add_argument("--judge-teacher", choices=[k for k in KINDS if k not in ("original", "hf")])
-    g.add_argument("--judge-model", help="the judge's API model name, e.g. gpt-4o")
-    g.add_argument("--judge-base-url", action="append", default=[], help="API root; repeatable")
-    g.add_argument("--judge-api-key-env", help="NAME of the environment variable with the key")
-    g.add_argument("--judge-max-tokens", type=int, default=1024, help="judge reply length cap")
-    g.add_argument("--judge-system-prompt", help="override the judge's system prompt")
-    g.add_argument("--judge-concurrency", type=int, default=16, help="requests in flight")
-    g.add_argument("--judge-rpm", type=float, help="requests per minute budget")
-    g.add_argument("--judge-tpm", type=float, help="tokens per minute budget")
-    g.add_argument("--judge-max-retries", type=int, default=6, help="retries per request")
-    g.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per request")
+    add_arguments(p, EvalConfig, skip=("model",))
     p.set_defaults(func=_eval)
-
-
-def _judge_config(args: argparse.Namespace):
-    if not args.judge_teacher:
-        return None
-    from data_gen.llm import TeacherConfig
-
-    cfg = TeacherConfig(
-        kind=args.judge_teacher,
-        model=args.judge_model,
-        base_urls=tuple(args.judge_base_url),
-        api_key_env=args.judge_api_key_env,
-        temperature=0.0,  # a judge should give the same verdict twice
-        max_tokens=args.judge_max_tokens,
-        system_prompt=args.judge_system_prompt,
-        concurrency=args.judge_concurrency,
-        rpm=args.judge_rpm,
-        tpm=args.judge_tpm,
-        max_retries=args.judge_max_retries,
-        timeout=args.judge_timeout,
-    )
-    cfg.api_key()  # a missing key fails now, not after the answers are generated
-    return cfg
 
 
 def _eval(args: argparse.Namespace) -> int:
     if args.target[0] == "compare":
         return _compare(args)
-    if len(args.target) != 1:
-        print("nif eval: give one MODEL_DIR (or `compare RUN_DIR...`)", file=sys.stderr)
-        return 2
-    from nif_lightning.evaluation.generate import GenerateConfig
-    from nif_lightning.evaluation.runner import SUITES, EvalConfig
+    from data_gen.schema import ConfigError, from_args, validate
+    from nif_lightning.evaluation.config import EvalConfig
 
-    model = args.target[0]
-    suites = args.suite or ["all"]
-    suites = SUITES if "all" in suites else tuple(dict.fromkeys(suites))
-    try:
-        out = args.out or (str(Path(model) / "eval") if Path(model).is_dir() else None)
-        if out is None:
-            raise ValueError(f"`--out` is needed: {model!r} is not a local folder")
-        extra = {"include_path": args.include_path, "hf_cache": args.hf_cache}
-        extra.update({"limit": args.limit, "batch_size": args.batch_size})
-        optional = {"questions": args.questions, "ifeval_prompts": args.ifeval_prompts}
-        cfg = EvalConfig(
-            model=model,
-            out=out,
-            suites=suites,
-            name=args.name,
-            adapter=args.adapter,
-            generate=GenerateConfig(
-                model=model,
-                template=args.template,
-                max_new_tokens=args.max_new_tokens,
-                batch_size=args.batch_size,
-                dtype=args.dtype,
-                device=args.device,
-            ),
-            ifeval_backend=args.ifeval_backend,
-            judge=_judge_config(args),
-            baseline_answers=args.baseline_answers,
-            lm_eval=extra,
-            **{k: v for k, v in optional.items() if v is not None},
-        )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"nif eval: {err}", file=sys.stderr)
-        return 2
+    if len(args.target) != 1:
+        raise ConfigError(["give one MODEL_DIR (or `compare RUN_DIR...`)"], source="")
+    cfg = from_args(EvalConfig, args, fixed={"model": args.target[0]})
+    validate(cfg, source="")
     return _run(cfg)
 
 
 def _run(cfg) -> int:
     import json
 
-    from data_gen.llm import RunStopped
     from nif_lightning.evaluation.runner import run_eval
 
     def log(msg: str) -> None:
@@ -181,9 +81,6 @@ def _run(cfg) -> int:
 
     try:
         result = run_eval(cfg, log=log)
-    except RunStopped as err:
-        print(f"nif eval: {err}", file=sys.stderr)
-        return 3
     except (ValueError, FileNotFoundError) as err:
         print(f"nif eval: {err}", file=sys.stderr)
         return 2
@@ -201,7 +98,7 @@ def _compare(args: argparse.Namespace) -> int:
     from nif_lightning.evaluation.compare import compare
 
     try:
-        table = compare(args.target[1:], args.out or "eval-compare")
+        table = compare(args.target[1:], getattr(args, "out", None) or "eval-compare")
     except ValueError as err:
         print(f"nif eval compare: {err}", file=sys.stderr)
         return 2

@@ -30,14 +30,16 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plan.add_argument("--config", required=True, help="training YAML (see configs/)")
+    plan.add_argument("--config", required=True, help="training YAML (see configs/) (required)")
     plan.add_argument(
-        "--gpu", default="v100-32gb", help=f"one of {', '.join(_GPUS)} (default v100-32gb)"
+        "--gpu", default="v100-32gb", help=f"one of {', '.join(_GPUS)} (default: v100-32gb)"
     )
     plan.add_argument(
         "--devices", type=int, default=None, help="GPUs per node (default: trainer.devices)"
     )
-    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.add_argument(
+        "--json", action="store_true", help="print one JSON object (default: off, a table)"
+    )
     plan.set_defaults(func=_plan)
 
 

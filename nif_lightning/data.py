@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -28,44 +27,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from data_gen.store import REQUIRED_COLUMNS, check_dataset_dir, read_dataset
+from nif_lightning.config import DataConfig
 from nif_lightning.packing import Sample, collate_packed, collate_padded, pack, vanilla_sample
 
 _TOKENIZE_CHUNK = 2048
-
-
-@dataclass
-class DataConfig:
-    """The `data` section of a train config (besides `dir`)."""
-
-    cutoff_len: int = 1024
-    """Max tokens per sample, prompt + response + EOS (the paper: 1024)."""
-    micro_batch_size: int = 8
-    """Samples per padded batch; packed batches hold micro_batch_size * cutoff_len tokens."""
-    packing: bool = True
-    """Pack samples into token-budget rows (no padding computed) instead of padding."""
-    max_tokens_per_batch: int | None = None
-    """Packed token budget per batch; default micro_batch_size * cutoff_len."""
-    val_fraction: float = 0.02
-    """Share of rows held out for validation (by id hash); at least one row when > 0."""
-    seed: int = 0
-    """Shuffle and bin-order seed."""
-
-    def __post_init__(self) -> None:
-        if self.cutoff_len < 2:
-            raise ValueError(f"`data.cutoff_len` must be >= 2, got {self.cutoff_len}")
-        if self.micro_batch_size < 1:
-            raise ValueError(f"`data.micro_batch_size` must be >= 1, got {self.micro_batch_size}")
-        if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < self.cutoff_len:
-            raise ValueError(
-                f"`data.max_tokens_per_batch` ({self.max_tokens_per_batch}) must be >= "
-                f"`data.cutoff_len` ({self.cutoff_len}): a full-length sample must fit"
-            )
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"`data.val_fraction` must be in [0, 1), got {self.val_fraction}")
-
-    @property
-    def token_budget(self) -> int:
-        return self.max_tokens_per_batch or self.micro_batch_size * self.cutoff_len
 
 
 def read_examples(data_dir: str | Path) -> list[dict[str, str]]:

@@ -210,8 +210,8 @@ def probe_model(
     from peft import get_peft_model
     from transformers import AttentionInterface, AutoModelForCausalLM
 
-    from kernels import use_fused_lora
     from nif_lightning.attention import use_packed_attention
+    from nif_lightning.kernels import use_fused_lora
     from nif_lightning.module import enable_checkpointing
 
     cfg = copy.deepcopy(config)
@@ -433,14 +433,12 @@ def _yaml(value: Any) -> str:
 
 
 def _resolve(cfg, devices: int | None) -> _Run:
-    from nif_lightning.data import DataConfig
-
     t = cfg.trainer
     per_node = devices if devices is not None else t.devices
     world = (per_node if isinstance(per_node, int) else 1) * t.num_nodes
     deepspeed = t.strategy in ("deepspeed", "auto")  # `auto` is DeepSpeed on CUDA
     half = _HALF.get(t.precision) if deepspeed else None
-    data = DataConfig(**cfg.data.options)
+    data = cfg.data
     return _Run(
         world=world,
         deepspeed=deepspeed,
@@ -611,9 +609,7 @@ def _suggestions(planner: _Planner, cfg, run: _Run, gpu: GpuSpec, devices: int, 
     """Knobs in the order they cost least, each on top of checkpointing: checkpointing itself, a
     smaller micro-batch (same global batch), ZeRO-3, offloading params; all together when no
     single one is enough."""
-    from nif_lightning.data import DataConfig
-
-    data = DataConfig(**cfg.data.options)
+    data = cfg.data
     accumulate = cfg.trainer.accumulate_grad_batches
 
     def attempt(settings: dict[str, Any], r: _Run) -> Suggestion:

@@ -20,73 +20,43 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 
 import lightning as L
 import torch
 
+from nif_lightning.config import LoraConfig, OptimConfig
+
 log = logging.getLogger(__name__)
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@dataclass
-class LoraSettings:
-    """LoRA hyper-parameters (the paper: r 8, alpha 16, dropout 0, all linear but lm_head)."""
+def _triton_usable() -> bool:
+    """False (with a warning) when CUDA is there but Triton is not: the fused LoRA op would fail
+    at the first forward. Without CUDA the op runs plain torch and needs no Triton."""
+    import importlib.util
 
-    r: int = 8
-    """Rank of the update B @ A."""
-    alpha: float = 16.0
-    """Scale numerator: the update is multiplied by alpha / r."""
-    dropout: float = 0.0
-    """Dropout on the LoRA input."""
-    targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
-    """Module names to adapt."""
-
-    def peft_config(self, dropout: float | None = None):
-        """PEFT's `LoraConfig` for a causal LM with these settings (`dropout` overrides)."""
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout if dropout is None else dropout,
-            target_modules=list(self.targets),
-            task_type="CAUSAL_LM",
-        )
-
-    def __post_init__(self) -> None:
-        if self.r <= 0:
-            raise ValueError(f"`lora.r` must be > 0, got {self.r}")
-        if self.alpha <= 0:
-            raise ValueError(f"`lora.alpha` must be > 0, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"`lora.dropout` must be in [0, 1), got {self.dropout}")
-        if not self.targets or "lm_head" in self.targets:
-            raise ValueError(
-                f"`lora.targets` must be non-empty and exclude lm_head, got {self.targets}"
-            )
+    if not torch.cuda.is_available() or importlib.util.find_spec("triton") is not None:
+        return True
+    log.warning(
+        "fused LoRA kernels off: Triton is not installed (`pip install triton`, or set "
+        "`model.fused_lora: false` to silence this); using PEFT's forward"
+    )
+    return False
 
 
-@dataclass
-class OptimSettings:
-    """AdamW with linear warmup then cosine decay to zero (the paper: lr 5e-5 cosine)."""
+def _triton_usable() -> bool:
+    """False (with a warning) when CUDA is there but Triton is not: the fused LoRA op would fail
+    at the first forward. Without CUDA the op runs plain torch and needs no Triton."""
+    import importlib.util
 
-    lr: float = 5e-5
-    """Peak learning rate."""
-    weight_decay: float = 0.0
-    """AdamW weight decay on LoRA params."""
-    warmup_ratio: float = 0.03
-    """Share of the total steps spent warming up linearly from 0."""
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"`optim.lr` must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"`optim.weight_decay` must be >= 0, got {self.weight_decay}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"`optim.warmup_ratio` must be in [0, 1), got {self.warmup_ratio}")
+    if not torch.cuda.is_available() or importlib.util.find_spec("triton") is not None:
+        return True
+    log.warning(
+        "fused LoRA kernels off: Triton is not installed (`pip install triton`, or set "
+        "`model.fused_lora: false` to silence this); using PEFT's forward"
+    )
+    return False
 
 
 class NifLoraModule(L.LightningModule):
@@ -95,8 +65,8 @@ class NifLoraModule(L.LightningModule):
     def __init__(
         self,
         model_name_or_path: str,
-        lora: LoraSettings | None = None,
-        optim: OptimSettings | None = None,
+        lora: LoraConfig | None = None,
+        optim: OptimConfig | None = None,
         *,
         dtype: str = "float32",
         fused_lora: bool = True,
@@ -108,8 +78,8 @@ class NifLoraModule(L.LightningModule):
         if dtype not in _DTYPES:
             raise ValueError(f"`model.dtype` must be one of {list(_DTYPES)}, got {dtype!r}")
         self.model_name_or_path = str(model_name_or_path)
-        self.lora = lora or LoraSettings()
-        self.optim = optim or OptimSettings()
+        self.lora = lora or LoraConfig()
+        self.optim = optim or OptimConfig()
         self.dtype_name = dtype
         self.fused_lora = fused_lora
         self.packed_attention = packed_attention
@@ -156,23 +126,17 @@ class NifLoraModule(L.LightningModule):
         self.model = model.train()
 
     def _switch_kernels(self, model) -> None:
-        # Optional speed-ups from sibling modules; each falls back to the stock path with a
-        # logged reason, since correctness never depends on them.
-        if self.fused_lora:
-            try:
-                from kernels import use_fused_lora
+        # Speed-ups from sibling modules. Only a missing optional dependency (Triton on a CUDA
+        # machine) falls back, with a warning saying how to fix it; any other failure raises:
+        # a broken kernel package must not silently turn into PEFT's slower forward.
+        if self.fused_lora and _triton_usable():
+            from nif_lightning.kernels import use_fused_lora
 
-                n = use_fused_lora(model)
-                log.info("fused LoRA kernel on %d layers", n)
-            except Exception as err:  # ImportError, or a setup failure in the kernel package
-                log.warning("fused LoRA kernels unavailable (%s); using PEFT's forward", err)
+            log.info("fused LoRA kernel on %d layers", use_fused_lora(model))
         if self.packed_attention:
-            try:
-                from nif_lightning.attention import use_packed_attention
+            from nif_lightning.attention import use_packed_attention
 
-                log.info("packed attention: %s", use_packed_attention(model))
-            except Exception as err:
-                log.warning("packed attention unavailable (%s); using the model's default", err)
+            log.info("packed attention: %s", use_packed_attention(model))
 
     # ---- counts used by the throughput callback (4N + 6P FLOPs per token) ----
     def param_counts(self) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """The run report: `report.md` for a person, `report.json` for a script, `loss.png` for the eye.
 
 Everything in it is read back from what the stages wrote (the gen manifest, the filter report,
-Lightning's CSV metrics, `samples.json`), so the report of a resumed run is the report of the
+Lightning's CSV metrics, `previews.json`), so the report of a resumed run is the report of the
 whole run, and re-writing it is always safe.
 """
 
@@ -134,7 +134,7 @@ def build_report(
             "metrics": str(train_dir / "logs"),
             "loss_plot": str(run_dir / "loss.png") if plotted else None,
         },
-        "samples": _read_json(run_dir / "samples.json") or [],
+        "previews": _read_json(run_dir / "previews.json") or [],
     }
     write_json_atomic(run_dir / "report.json", report)
     write_text_atomic(run_dir / "report.md", render_markdown(report))
@@ -188,8 +188,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["", "![training and validation loss](loss.png)"]
     out += ["", "## Outputs", ""]
     out += [f"- {k}: `{v}`" for k, v in report["outputs"].items() if v]
-    if report["samples"]:
-        out += ["", "## Samples: base model vs fine-tuned (greedy)", ""]
+    if report["previews"]:
+        out += ["", "## Preview: base model vs fine-tuned (greedy)", ""]
         if (report["config"].get("model") or {}).get("tiny"):
             out += [
                 "*The base model is the tiny random-initialised Llama: these answers show the "
@@ -198,7 +198,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "",
             ]
         out += ["| prompt | base | fine-tuned |", "|---|---|---|"]
-        for s in report["samples"]:
+        for s in report["previews"]:
             base_end = "" if s["base_stopped"] else " *(no EOS)*"
             tuned_end = "" if s["tuned_stopped"] else " *(no EOS)*"
             out.append(

@@ -13,10 +13,11 @@ The DeepSpeed config is built here as a plain dict so it can be unit-tested with
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+
+from nif_lightning.config import StrategyConfig
 
 # DeepSpeed's dynamic loss scaling, as in the recipe (DESIGN.md "DeepSpeed under Lightning"):
 # start at 2^16, grow after 1000 clean steps, shrink only after 2 overflows in a row, floor 1.
@@ -24,61 +25,6 @@ _INITIAL_SCALE_POWER = 16
 _LOSS_SCALE_WINDOW = 1000
 _HYSTERESIS = 2
 _MIN_LOSS_SCALE = 1
-
-_STRATEGIES = ("auto", "deepspeed", "ddp")
-_PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "32")
-_OFFLOADS = ("none", "optimizer", "params", "both")
-
-
-@dataclass
-class StrategyConfig:
-    """How to distribute training."""
-
-    strategy: str = "auto"
-    """`auto` (DeepSpeed on CUDA, Lightning's default elsewhere), `deepspeed` (CUDA or CPU ranks)
-    or `ddp`."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage: 2 for 7B/8B (params whole on each GPU), 3 for 70B (params sharded)."""
-    precision: str = "32-true"
-    """Lightning precision; `16-mixed` under DeepSpeed = fp16 with dynamic loss scaling."""
-    num_nodes: int = 1
-    """Nodes (Lightning launches via SLURM `srun` or `torchrun`)."""
-    devices: int | str = "auto"
-    """Devices per node (`auto` or a count)."""
-    offload: str = "none"
-    """DeepSpeed CPU offload: `none`, `optimizer` (ZeRO >= 1), `params` (ZeRO-3: frozen weights
-    live in host memory and stream in per layer) or `both`."""
-
-    def __post_init__(self) -> None:
-        if self.strategy not in _STRATEGIES:
-            raise ValueError(
-                f"`trainer.strategy` must be one of {_STRATEGIES}, got {self.strategy!r}"
-            )
-        if self.zero_stage not in (1, 2, 3):
-            raise ValueError(f"`trainer.zero_stage` must be 1, 2 or 3, got {self.zero_stage}")
-        if self.precision not in _PRECISIONS:
-            raise ValueError(
-                f"`trainer.precision` must be one of {_PRECISIONS}, got {self.precision!r}"
-            )
-        if self.num_nodes < 1:
-            raise ValueError(f"`trainer.num_nodes` must be >= 1, got {self.num_nodes}")
-        if self.offload not in _OFFLOADS:
-            raise ValueError(f"`trainer.offload` must be one of {_OFFLOADS}, got {self.offload!r}")
-        if self.offload != "none" and self.strategy == "ddp":
-            raise ValueError(
-                f"`trainer.offload: {self.offload}` needs DeepSpeed (`trainer.strategy: deepspeed` "
-                "or `auto` on CUDA); DDP offloads nothing"
-            )
-        if self.offload in ("params", "both") and self.zero_stage != 3:
-            raise ValueError(
-                f"`trainer.offload: {self.offload}` needs `trainer.zero_stage: 3` "
-                f"(got {self.zero_stage}): only ZeRO-3 partitions and offloads parameters"
-            )
-        if not (self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1)):
-            raise ValueError(
-                f"`trainer.devices` must be 'auto' or an int >= 1, got {self.devices!r}"
-            )
-
 
 # Our loaders yield ready (packed) micro-batches, one per step: DeepSpeed's "micro-batch size"
 # is 1 batch. Set here, Lightning never guesses it from `loader.batch_sampler` (None for our

@@ -115,7 +115,7 @@ def run_training(
     before `gen`), else the run is planned here."""
     import lightning as L
 
-    from nif_lightning.data import DataConfig, NifDataModule
+    from nif_lightning.data import NifDataModule
     from nif_lightning.merge import merge_adapter
     from nif_lightning.module import NifLoraModule
 
@@ -129,7 +129,7 @@ def run_training(
         checkpointing = plan_gate(cfg, force=force)
     L.seed_everything(cfg.seed, workers=True)
     # Data first: an empty or foreign folder should fail before the model is loaded.
-    datamodule = NifDataModule(cfg.data.dir, cfg.model.path, DataConfig(**cfg.data.options))
+    datamodule = NifDataModule(cfg.data.dir, cfg.model.path, cfg.data)
     module = NifLoraModule(
         cfg.model.path,
         cfg.lora,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from data_gen.schema import option
 
 KINDS = ("original", "openai", "openai-completions", "anthropic", "hf")
 BATCH_KINDS = ("openai", "openai-completions", "anthropic")  # have a provider batch API
@@ -32,44 +34,50 @@ _DEFAULT_KEY_ENV = {
 }
 
 
+Kind = Literal["original", "openai", "openai-completions", "anthropic", "hf"]
+
+
 @dataclass
 class TeacherConfig:
-    """How to reach the teacher. Errors name the `nif gen` flag."""
+    """How to reach an LLM. Each field is a `nif gen` flag (the judge's are prefixed `judge-`)."""
 
-    kind: str = "original"
-    """original | openai | openai-completions | anthropic | hf (`--teacher`)."""
+    kind: Kind = option("original", flag="teacher")
+    """Who answers: original (the true continuation, no LLM) | openai | openai-completions |
+    anthropic | hf (a local model)."""
     model: str | None = None
-    """API model name, or a HF hub id / local folder for `hf` (`--model`)."""
-    base_urls: tuple[str, ...] = ()
-    """API roots, e.g. http://host:8000/v1; several spread the load (`--base-url`, repeatable)."""
+    """API model name, or a HF hub id / local folder for `hf`."""
+    base_urls: tuple[str, ...] = option((), flag="base_url")
+    """API root such as http://host:8000/v1; repeat to spread the load over a fleet."""
     api_key_env: str | None = None
-    """NAME of the environment variable holding the key (`--api-key-env`)."""
+    """NAME of the environment variable holding the key (never the key itself); none = the
+    provider's usual one (OPENAI_API_KEY, ANTHROPIC_API_KEY)."""
     temperature: float = 0.0
-    """Sampling temperature; the paper: 0 (`--temperature`)."""
+    """Sampling temperature; the paper: 0."""
     max_tokens: int = 1024
-    """Continuation length cap (`--max-tokens`)."""
+    """Reply length cap in tokens."""
     system_prompt: str | None = None
-    """System prompt; `anthropic` defaults to the paper's, "" for none (`--system-prompt`)."""
+    """System prompt; `anthropic` defaults to the paper's, "" for none."""
     concurrency: int = 16
-    """Requests in flight; the batch size for `hf` (`--concurrency`)."""
+    """Requests in flight; the batch size for `hf`."""
     rpm: float | None = None
-    """Requests-per-minute budget (`--rpm`)."""
+    """Requests-per-minute budget."""
     tpm: float | None = None
-    """Tokens-per-minute budget; prompt chars / 4 + max_tokens charged up front (`--tpm`)."""
+    """Tokens-per-minute budget; prompt chars / 4 + max_tokens charged up front."""
     max_retries: int = 6
-    """Retries per document before it goes to failures.jsonl (`--max-retries`)."""
+    """Retries per request before it counts as failed."""
     timeout: float = 120.0
-    """Seconds per request (`--timeout`)."""
+    """Seconds per request."""
     backoff: float = 1.0
-    """First retry delay in seconds, doubled per attempt, with full jitter (`--backoff`)."""
+    """First retry delay in seconds, doubled per attempt, with full jitter."""
     batch: bool = False
-    """Send through the provider's batch API: half the price, answers within 24 h (`--batch`)."""
+    """Send through the provider's batch API (openai, openai-completions, anthropic): half the
+    price, answers within 24 h; waits for them (stop any time: the same command collects them)."""
     batch_size: int = 10_000
-    """Requests per provider batch (`--batch-size`; OpenAI takes 50k, Anthropic 100k)."""
+    """Requests per provider batch (OpenAI takes 50k, Anthropic 100k)."""
     poll_seconds: float = 60.0
-    """Seconds between status checks of a pending batch (`--poll-seconds`)."""
-    batch_wait: bool = True
-    """Wait for the batches to end; off: send, collect what has ended, exit (`--no-wait`)."""
+    """Seconds between status checks of a pending batch."""
+    batch_wait: bool = option(True, flag="wait")
+    """Wait for the batches to end; --no-wait: send, collect what has ended, exit (3)."""
 
     def __post_init__(self) -> None:
         self.base_urls = tuple(self.base_urls)
@@ -107,10 +115,21 @@ class TeacherConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        if self.api_key_env is not None and self.api_key_env not in os.environ:
+        if self.batch and len(self.base_urls) > 1:
             raise ValueError(
-                f"`--api-key-env {self.api_key_env}`: that environment variable is not set"
+                "`--batch` talks to one provider endpoint: give at most one `--base-url` "
+                f"(got {len(self.base_urls)})"
             )
+
+    def check_inputs(self) -> list[str]:
+        """The key's variable is set where one is needed (read now, never stored)."""
+        if self.api_key_env is not None and self.api_key_env not in os.environ:
+            return [f"`--api-key-env {self.api_key_env}`: that environment variable is not set"]
+        try:
+            self.api_key()
+        except ValueError as err:
+            return [str(err)]
+        return []
 
     @property
     def urls(self) -> tuple[str, ...]:

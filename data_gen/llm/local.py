@@ -1,6 +1,6 @@
 """A local transformers causal LM: loading it (dtype and device policy) and batched decoding.
 
-Three stages run a model on this machine: the before/after replies of `nif run`'s sample stage,
+Three stages run a model on this machine: the before/after replies of `nif run`'s preview stage,
 the answers `nif eval` grades, and the `hf` teacher of `nif gen`. They load and decode here, so
 `--dtype auto` means the same thing everywhere:
 
@@ -12,7 +12,7 @@ the answers `nif eval` grades, and the `hf` teacher of `nif gen`. They load and 
 The checkpoint's own dtype is not consulted: an fp32 checkpoint on a GPU would take twice the
 memory and decode at half the speed for no gain in greedy answers, and half precision on a CPU is
 slow or unsupported. (Before this module `nif eval --dtype auto` kept the checkpoint's dtype,
-while the sample stage and the hf teacher already used half precision on GPUs; lm-eval's
+while the preview stage and the hf teacher already used half precision on GPUs; lm-eval's
 `--dtype auto` follows this policy too.) On cuda the weights are placed with
 `device_map="auto"`: one GPU when the model fits, spread over the visible GPUs when it does not
 (a 70B model fits on no single one).

@@ -15,15 +15,11 @@ Prompt templates (the paper's Table 1 "Template" column):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from data_gen.llm.local import DEVICES, DTYPES, greedy_generate, load_causal_lm
+from data_gen.llm.local import greedy_generate, load_causal_lm
 from data_gen.store import JsonlCache
-
-TEMPLATES = ("chat", "one_shot", "vanilla")
-# `auto`: the chat template when the tokenizer has one (Instruct models), else one_shot.
-TEMPLATE_CHOICES = ("auto", *TEMPLATES)
+from nif_lightning.evaluation.config import TEMPLATES, GenerateConfig
 
 # Our own one-shot example (not FastChat's text): short, neutral and self-contained.
 _ONE_SHOT_SYSTEM = (
@@ -39,38 +35,6 @@ _ONE_SHOT_EXAMPLE = (
     ),
 )
 _ONE_SHOT_STOP = "\n### "
-
-
-@dataclass
-class GenerateConfig:
-    """How answers are produced. Errors name the `nif eval` flag."""
-
-    model: str
-    """Model folder or HF id (`MODEL_DIR`)."""
-    template: str = "auto"
-    """auto | chat | one_shot | vanilla (`--template`); see `resolve_template`."""
-    max_new_tokens: int = 512
-    """Answer length cap in tokens (`--max-new-tokens`)."""
-    batch_size: int = 8
-    """Questions per generate() call (`--batch-size`)."""
-    dtype: str = "auto"
-    """auto | float32 | float16 | bfloat16 (`--dtype`)."""
-    device: str = "auto"
-    """auto (cuda if present) | cpu | cuda (`--device`)."""
-
-    def __post_init__(self) -> None:
-        if self.template not in TEMPLATE_CHOICES:
-            raise ValueError(
-                f"`--template` must be one of {TEMPLATE_CHOICES}, got {self.template!r}"
-            )
-        if self.max_new_tokens < 1:
-            raise ValueError("`--max-new-tokens` must be >= 1")
-        if self.batch_size < 1:
-            raise ValueError("`--batch-size` must be >= 1")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"`--dtype` must be {'|'.join(DTYPES)}, got {self.dtype!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"`--device` must be {'|'.join(DEVICES)}, got {self.device!r}")
 
 
 def resolve_template(template: str, model: str) -> str:

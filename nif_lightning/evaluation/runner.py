@@ -15,75 +15,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from data_gen.store import write_json_atomic
-from nif_lightning.evaluation import DATA_DIR
-from nif_lightning.evaluation.generate import GenerateConfig, resolve_template
-from nif_lightning.hub import check_model
-
-SUITES = ("ifeval", "oll", "judge")
-
-
-@dataclass
-class EvalConfig:
-    """One `nif eval` run. Errors name the flag."""
-
-    model: str
-    """The model folder (merged, or the base when `adapter` is given) (`MODEL_DIR`)."""
-    out: str
-    """Output folder (`--out`)."""
-    suites: tuple[str, ...] = SUITES
-    """Which suites (`--suite`, `all` = every one)."""
-    name: str | None = None
-    """Row label in `nif eval compare`, e.g. lora-base; default the model folder's name
-    (`--name`)."""
-    adapter: str | None = None
-    """A PEFT adapter to merge into `model` first (`--adapter`)."""
-    generate: GenerateConfig | None = None
-    """Answer generation (template, lengths, batch)."""
-    questions: str = str(DATA_DIR / "mt_questions.jsonl")
-    """MT-Bench-format question file (`--questions`)."""
-    ifeval_prompts: str = str(DATA_DIR / "ifeval_prompts.jsonl")
-    """IFEval-format prompt file for the local checker (`--ifeval-prompts`)."""
-    ifeval_backend: str = "local"
-    """local (our checker on `ifeval_prompts`) | lm-eval (lm-eval's `ifeval` task)
-    (`--ifeval-backend`)."""
-    judge: Any = None
-    """`data_gen.llm.TeacherConfig` of the judge (`--judge-teacher` ...)."""
-    baseline_answers: str | None = None
-    """The baseline model's `answers.jsonl` for the win rate (`--baseline-answers`)."""
-    lm_eval: dict[str, Any] = field(default_factory=dict)
-    """Extra `LMEvalConfig` fields: include_path, hf_cache, limit, batch_size."""
-
-    def __post_init__(self) -> None:
-        self.suites = tuple(self.suites)
-        bad = [s for s in self.suites if s not in SUITES]
-        if bad or not self.suites:
-            raise ValueError(f"`--suite` must be from {SUITES} or all, got {list(self.suites)}")
-        check_model(self.model, what="`MODEL_DIR`")
-        if self.adapter is not None and not Path(self.adapter).is_dir():
-            raise ValueError(f"`--adapter` {self.adapter!r} is not a folder")
-        if self.generate is None:
-            self.generate = GenerateConfig(model=self.model)
-        if self.ifeval_backend not in ("local", "lm-eval"):
-            raise ValueError(
-                f"`--ifeval-backend` must be local or lm-eval, not {self.ifeval_backend!r}"
-            )
-        if "judge" in self.suites:
-            if self.judge is None:
-                raise ValueError(
-                    "`--suite judge` needs a judge: give `--judge-teacher` and `--judge-model`"
-                )
-            if not Path(self.questions).is_file():
-                raise ValueError(f"`--questions` {self.questions!r} does not exist")
-        if self.baseline_answers is not None and not Path(self.baseline_answers).is_file():
-            raise ValueError(f"`--baseline-answers` {self.baseline_answers!r} does not exist")
-        local_ifeval = "ifeval" in self.suites and self.ifeval_backend == "local"
-        if local_ifeval and not Path(self.ifeval_prompts).is_file():
-            raise ValueError(f"`--ifeval-prompts` {self.ifeval_prompts!r} does not exist")
+from nif_lightning.evaluation.config import EvalConfig, GenerateConfig
+from nif_lightning.evaluation.generate import resolve_template
 
 
 def _update_results(out: Path, cfg: EvalConfig, suite: str, result: dict[str, Any]) -> None:
@@ -117,7 +54,7 @@ def run_eval(cfg: EvalConfig, *, log=print) -> dict[str, Any]:
     """Run every suite in `cfg.suites`; returns the contents of OUT/eval.json."""
     from dataclasses import replace
 
-    out = Path(cfg.out)
+    out = cfg.out_dir
     out.mkdir(parents=True, exist_ok=True)
     model = _merged_model(cfg, out) if cfg.adapter else cfg.model
     gen = replace(cfg.generate, model=model)
@@ -164,7 +101,10 @@ def _lm_eval(cfg: EvalConfig, gen: GenerateConfig, model: str, tasks) -> dict[st
         chat_template=gen.template == "chat",
         device=gen.device,
         dtype=gen.dtype,
-        **cfg.lm_eval,
+        include_path=cfg.include_path,
+        hf_cache=cfg.hf_cache,
+        limit=cfg.limit,
+        batch_size=gen.batch_size,
     )
     return run_lm_eval(lm_cfg)
 

@@ -9,20 +9,16 @@ import re
 import pyarrow as pa
 import pytest
 
-from data_gen.cli import register
 from data_gen.corpus import Document
 from data_gen.generate import GenConfig, generate
 from data_gen.sampling import cut_document, sample_documents
 from data_gen.shards import read_rows
+from nif_lightning.cli import main
 
 
 def _nif(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="nif")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """`nif ...` as the entry point runs it (errors mapped to exit codes in one place)."""
+    return main(argv)
 
 
 def _text(i: int, words: int = 40) -> str:

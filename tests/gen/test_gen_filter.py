@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-from data_gen.cli import register
 from data_gen.filter import (
     CONVERSATIONAL_PROMPT,
     INSTRUCTIONAL_PROMPT,
@@ -14,15 +13,12 @@ from data_gen.filter import (
 )
 from data_gen.shards import ShardWriter, read_rows
 from fake_provider import FakeTeacherServer
+from nif_lightning.cli import main
 
 
-def _nif(argv):
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="nif")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+def _nif(argv: list[str]) -> int:
+    """`nif ...` as the entry point runs it (errors mapped to exit codes in one place)."""
+    return main(argv)
 
 
 def _dataset(folder, rows):

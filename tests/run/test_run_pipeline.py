@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nif_lightning.pipeline import load_run_config, run_pipeline
+from nif_lightning.config import load_run_config
+from nif_lightning.pipeline import run_pipeline
 
 
 def _config(tmp_path: Path, **sections) -> Path:
@@ -33,7 +34,7 @@ def _config(tmp_path: Path, **sections) -> Path:
             "val_check_interval": 3,
             "log_every_n_steps": 1,
         },
-        "sample": {"prompts": ["Explain a list.", "Write a poem."], "max_new_tokens": 6},
+        "preview": {"prompts": ["Explain a list.", "Write a poem."], "max_new_tokens": 6},
     }
     for name, value in sections.items():
         raw[name] = value
@@ -90,8 +91,8 @@ def test_killed_after_gen_resumes_without_redoing_it_and_reports(tmp_path):
     assert training["last_step"] >= 5 and training["logged_steps"] >= 5
     assert training["train_loss_end"] < training["train_loss_start"]
     assert "val_loss_last" in training and training["tokens_per_s_median"] > 0
-    assert [s["prompt"] for s in report["samples"]] == ["Explain a list.", "Write a poem."]
-    for name in ("report.md", "report.json", "loss.png", "samples.json"):
+    assert [s["prompt"] for s in report["previews"]] == ["Explain a list.", "Write a poem."]
+    for name in ("report.md", "report.json", "loss.png", "previews.json"):
         assert (run / name).is_file(), name
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert (run / "merged" / "config.json").is_file()
@@ -102,7 +103,7 @@ def test_killed_after_gen_resumes_without_redoing_it_and_reports(tmp_path):
     logs.clear()
     run_pipeline(load_run_config(cfg_path), log=logs.append)
     assert [line for line in logs if "skipped" in line] == [
-        f"[nif run] {stage}: already complete, skipped" for stage in ("gen", "train", "sample")
+        f"[nif run] {stage}: already complete, skipped" for stage in ("gen", "train", "preview")
     ]
     changed = _config(tmp_path, trainer={"strategy": "auto", "max_steps": 9})
     with pytest.raises(ValueError, match=r"stage `train`.*trainer\.max_steps"):
@@ -114,7 +115,7 @@ def test_killed_after_gen_resumes_without_redoing_it_and_reports(tmp_path):
     [
         ("gen", {"corpus": "builtin", "num_dcos": 5}, "gen.num_dcos"),
         ("lora", {"rank": 8}, "lora.rank"),
-        ("sample", {"prompt": ["x"]}, "sample.prompt"),
+        ("preview", {"prompt": ["x"]}, "preview.prompt"),
         ("bogus", {}, "bogus"),
     ],
 )
@@ -136,7 +137,7 @@ def test_data_dir_must_be_what_the_run_writes(tmp_path):
 
 def test_a_training_process_of_another_gpu_stops_after_training(tmp_path, monkeypatch):
     """On several GPUs Lightning re-runs `nif run` once per extra device: that process must skip
-    the finished data stages, join training, and leave the rest (state, samples, report) to
+    the finished data stages, join training, and leave the rest (state, previews, report) to
     rank 0 — and it must refuse to run a data stage itself."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
@@ -150,7 +151,7 @@ def test_a_training_process_of_another_gpu_stops_after_training(tmp_path, monkey
 
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     pipeline._STAGE_FUNCS["gen"](cfg)  # rank 0 ran the data stage ...
-    pipeline.RunState(cfg.run_dir).finish("gen", pipeline._fingerprints(cfg)["gen"], seconds=0.0)
+    pipeline.RunState(cfg.run_dir).finish("gen", pipeline.fingerprints(cfg)["gen"], seconds=0.0)
     trained = []
     monkeypatch.setitem(pipeline._STAGE_FUNCS, "train", lambda c, checkpointing: trained.append(1))
     # ... and now the process of rank 1 arrives.

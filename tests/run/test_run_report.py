@@ -1,4 +1,4 @@
-"""The run report reads back what the stages wrote: metrics of resumed runs, manifest, samples."""
+"""The run report reads back what the stages wrote: metrics of resumed runs, manifest, previews."""
 
 import csv
 import json
@@ -84,7 +84,7 @@ def test_report_files_carry_the_figures(tmp_path):
             "tuned_stopped": False,
         },
     ]
-    (tmp_path / "samples.json").write_text(json.dumps(samples))
+    (tmp_path / "previews.json").write_text(json.dumps(samples))
 
     report = build_report(
         tmp_path,
@@ -104,7 +104,7 @@ def test_report_files_carry_the_figures(tmp_path):
     assert "![training and validation loss](loss.png)" in md
     assert "| Say hi \\| twice | hi hi hi *(no EOS)* | hi |" in md
     assert "| Spaces? | *(empty)* | *(nothing but whitespace)* *(no EOS)* |" in md
-    assert "tiny random-initialised Llama" in md  # the quickstart's samples are not the effect
+    assert "tiny random-initialised Llama" in md  # the quickstart's previews are not the effect
 
 
 def test_report_without_training_says_so(tmp_path):

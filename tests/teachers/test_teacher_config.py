@@ -31,12 +31,29 @@ URL = ("http://127.0.0.1:9/v1",)
         ({"max_retries": -1}, "--max-retries"),
         ({"timeout": 0}, "--timeout"),
         ({"backoff": -1}, "--backoff"),
-        ({"api_key_env": "NIF_SURELY_UNSET_VAR"}, "--api-key-env"),
     ],
 )
 def test_bad_settings_name_the_flag(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
         TeacherConfig(**kwargs)
+
+
+def test_building_is_pure_and_the_environment_is_checked_in_check_inputs(monkeypatch):
+    monkeypatch.delenv("NIF_SURELY_UNSET_VAR", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    unset = TeacherConfig(kind="openai", model="m", api_key_env="NIF_SURELY_UNSET_VAR")
+    assert "--api-key-env NIF_SURELY_UNSET_VAR" in unset.check_inputs()[0]
+    no_key = TeacherConfig(kind="openai", model="m")  # the public API needs $OPENAI_API_KEY
+    assert "$OPENAI_API_KEY" in no_key.check_inputs()[0]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert no_key.check_inputs() == []
+    assert TeacherConfig(kind="openai", model="m", base_urls=URL).check_inputs() == []
+
+
+def test_batch_refuses_several_base_urls():
+    two = ("http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1")
+    with pytest.raises(ValueError, match="--base-url"):
+        TeacherConfig(kind="openai", model="m", base_urls=two, batch=True)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nif_lightning.module import LoraSettings, NifLoraModule
+from nif_lightning.config import LoraConfig
+from nif_lightning.module import NifLoraModule
 from nif_lightning.packing import collate_packed, vanilla_sample
 
 
@@ -21,7 +22,7 @@ def _packed_batch():
 
 def _loss_and_grads(tiny, checkpointing: bool, dropout: float):
     module = NifLoraModule(
-        str(tiny), LoraSettings(dropout=dropout), gradient_checkpointing=checkpointing, seed=3
+        str(tiny), LoraConfig(dropout=dropout), gradient_checkpointing=checkpointing, seed=3
     )
     module.configure_model()
     for name, p in module.model.named_parameters():
@@ -51,6 +52,6 @@ def test_checkpointing_changes_nothing_but_memory(tiny, dropout):
 def test_dropout_is_on_while_training(tiny):
     """`from_pretrained` returns eval mode and Lightning keeps modules' modes: the module must
     hand the Trainer a model in train mode, or LoRA dropout never applies."""
-    module = NifLoraModule(str(tiny), LoraSettings(dropout=0.1))
+    module = NifLoraModule(str(tiny), LoraConfig(dropout=0.1))
     module.configure_model()
     assert all(m.training for m in module.model.modules())

@@ -16,7 +16,8 @@ def test_deepspeed_fp16_trains_and_exports(tmp_path, stage):
     from transformers import AutoModelForCausalLM
 
     from nif_lightning.callbacks import AdapterExport, LossScaleGuard, Throughput
-    from nif_lightning.module import NifLoraModule, OptimSettings
+    from nif_lightning.config import OptimConfig
+    from nif_lightning.module import NifLoraModule
     from nif_lightning.strategy import StrategyConfig, build_strategy
     from nif_lightning.tiny_model import save_tiny_model
 
@@ -29,7 +30,7 @@ def test_deepspeed_fp16_trains_and_exports(tmp_path, stage):
         "stats": {"tokens": 128, "slots": 128, "samples": 4, "loss_tokens": 64},
     }
     loader = torch.utils.data.DataLoader([batch] * 8, batch_size=None)
-    module = NifLoraModule(str(tiny), optim=OptimSettings(lr=1e-3), dtype="float16")
+    module = NifLoraModule(str(tiny), optim=OptimConfig(lr=1e-3), dtype="float16")
     strategy = build_strategy(
         StrategyConfig(strategy="deepspeed", zero_stage=stage, precision="16-mixed")
     )

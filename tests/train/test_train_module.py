@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from nif_lightning.callbacks import AdapterExport, LossScaleGuard, Throughput, flops_per_token
-from nif_lightning.module import LoraSettings, NifLoraModule, OptimSettings
+from nif_lightning.config import LoraConfig, OptimConfig
+from nif_lightning.module import NifLoraModule
 
 
 def _batches(n: int, seed: int = 0):
@@ -72,8 +73,8 @@ def test_training_lowers_loss_and_exports_a_stock_peft_adapter(tiny, tmp_path):
 
     module = NifLoraModule(
         str(tiny),
-        LoraSettings(),
-        OptimSettings(lr=3e-2, warmup_ratio=0.0),
+        LoraConfig(),
+        OptimConfig(lr=3e-2, warmup_ratio=0.0),
         fused_lora=False,
         packed_attention=False,
     )
@@ -107,7 +108,7 @@ def test_training_lowers_loss_and_exports_a_stock_peft_adapter(tiny, tmp_path):
 
 def test_resume_continues_from_last_checkpoint(tiny, tmp_path):
     kw = {"fused_lora": False, "packed_attention": False}
-    opt = OptimSettings(lr=3e-2, warmup_ratio=0.0)
+    opt = OptimConfig(lr=3e-2, warmup_ratio=0.0)
     _trainer(tmp_path, 8).fit(NifLoraModule(str(tiny), optim=opt, **kw), _Data())
     resumed = NifLoraModule(str(tiny), optim=opt, **kw)
     trainer = _trainer(tmp_path, 12)
@@ -126,11 +127,11 @@ def test_fp32_lora_on_fp16_backbone(tiny):
 
 def test_bad_settings_name_the_key():
     with pytest.raises(ValueError, match="lora.r"):
-        LoraSettings(r=0)
+        LoraConfig(r=0)
     with pytest.raises(ValueError, match="lora.targets"):
-        LoraSettings(targets=["lm_head"])
+        LoraConfig(targets=["lm_head"])
     with pytest.raises(ValueError, match="optim.lr"):
-        OptimSettings(lr=0)
+        OptimConfig(lr=0)
     assert flops_per_token(10, 2) == 52
 
 

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from nif_lightning.cli import main
-from nif_lightning.config import config_from_dict, load_config
+from nif_lightning.config import load_config, train_config
 from nif_lightning.memory import GpuSpec, PlanError, plan_memory
 from nif_lightning.module import NifLoraModule
 from nif_lightning.packing import collate_packed, vanilla_sample
@@ -49,7 +49,7 @@ def _packed_batch(lengths: list[int], vocab: int, seed: int = 0) -> dict:
 
 def _train_config(path, *, dtype: str, checkpointing, micro_batch: int, cutoff: int):
     """Training without DeepSpeed (as on this CPU, and the GPU test's bare step)."""
-    return config_from_dict(
+    return train_config(
         {
             "model": {"path": str(path), "dtype": dtype, "gradient_checkpointing": checkpointing},
             "data": {"micro_batch_size": micro_batch, "cutoff_len": cutoff},
@@ -120,7 +120,7 @@ def test_gradient_checkpointing_cuts_saved_bytes(measured):
 def test_the_fused_lora_op_saves_what_the_probe_counts():
     """The probe runs the torch path (on `meta`); CUDA runs the custom op. Both keep x and
     t = x A^T (plus parameters) for backward: the same bytes."""
-    from kernels import lora_linear
+    from nif_lightning.kernels import lora_linear
 
     torch.manual_seed(0)
     x = torch.randn(37, 100, requires_grad=True)
@@ -252,7 +252,7 @@ def test_a_hub_id_fetches_its_config_only(monkeypatch):
         return transformers.LlamaConfig(**SMALL)
 
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", from_pretrained)
-    cfg = config_from_dict({"model": {"path": "some-org/some-model"}})
+    cfg = train_config({"model": {"path": "some-org/some-model"}})
     plan = plan_memory(cfg, GpuSpec("test-gpu", 10**10))
     assert asked == ["some-org/some-model"] and plan.fits
     with pytest.raises(PlanError, match="`--gpu` 'b200' is unknown"):

@@ -8,14 +8,14 @@ import dataclasses
 import pytest
 import torch
 
-from nif_lightning.config import config_from_dict
+from nif_lightning.config import train_config
 from nif_lightning.memory import GpuSpec, plan_memory
 from nif_lightning.training import PlanDoesNotFit, plan_gate
 
 
 @pytest.fixture(scope="module")
 def cfg(tiny):
-    return config_from_dict(
+    return train_config(
         {
             "model": {"path": str(tiny)},
             "data": {"cutoff_len": 1024, "micro_batch_size": 8},
@@ -66,14 +66,15 @@ def test_a_plan_that_does_not_fit_is_refused_unless_forced(cfg):
     assert plan_gate(cfg, gpu=small, force=True, log=lambda _: None) is True
 
 
-def test_nif_train_refuses_before_loading_anything(cfg, tmp_path, monkeypatch, capsys):
+def test_nif_train_refuses_before_loading_anything(
+    cfg, tmp_path, monkeypatch, capsys, write_builtin_shard
+):
     """On a (simulated) GPU too small for the run, `nif train` exits 2 with the plan's verdict
     and writes nothing but the output folder."""
     from nif_lightning import memory, module
     from nif_lightning.cli import main
 
-    (tmp_path / "data" / "shards").mkdir(parents=True)
-    (tmp_path / "data" / "shards" / "0.arrow").write_bytes(b"")
+    write_builtin_shard(tmp_path / "data", 4, 60, 40)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(

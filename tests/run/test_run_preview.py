@@ -1,13 +1,14 @@
-"""The sample stage: greedy, deterministic, EOS handling, and clear errors for bad settings."""
+"""The preview stage: greedy, deterministic, EOS handling, and clear errors for bad settings."""
 
 import pytest
 
-from nif_lightning.sample import SampleSettings, compare_models, greedy_replies
+from nif_lightning.config import PreviewConfig
+from nif_lightning.preview import compare_models, greedy_replies
 
 
 def test_same_model_gives_the_same_greedy_answers(tiny):
     prompts = ["Explain what a list is.", "Write a poem."]
-    settings = SampleSettings(prompts=prompts, max_new_tokens=8)
+    settings = PreviewConfig(prompts=prompts, max_new_tokens=8)
     records = compare_models(tiny, tiny, settings)
     assert [r["prompt"] for r in records] == settings.prompts
     for r in records:
@@ -44,16 +45,16 @@ def test_reply_stops_at_eos(tiny):
 
 @pytest.mark.parametrize(
     "kwargs, flag",
-    [({"prompts": ["ok", " "]}, "sample.prompts"), ({"max_new_tokens": 0}, "max_new_tokens")],
+    [({"prompts": ["ok", " "]}, "preview.prompts"), ({"max_new_tokens": 0}, "max_new_tokens")],
 )
 def test_bad_settings_name_the_key(kwargs, flag):
     with pytest.raises(ValueError, match=flag):
-        SampleSettings(**kwargs)
+        PreviewConfig(**kwargs)
 
 
 @pytest.mark.gpu
 def test_replies_on_the_gpu_in_half_precision(tiny, monkeypatch):
-    """On CUDA the sample stage runs the models in half precision on the GPUs (an 8B model in
+    """On CUDA the preview stage runs the models in half precision on the GPUs (an 8B model in
     fp32 on the CPU would take the node's memory and minutes per prompt)."""
     import torch
     from transformers import AutoModelForCausalLM

@@ -1,7 +1,7 @@
 """Before/after answers: greedy replies of the base and the fine-tuned model to a few instructions.
 
 The paper's Table 10 / Appendix D make the point with examples: the base model rambles on and
-never stops, the fine-tuned one answers and ends. The `sample` stage of `nif run` shows the same
+never stops, the fine-tuned one answers and ends. The `preview` stage of `nif run` shows the same
 for the user's own run, side by side, and records whether each reply ended with EOS.
 
 Prompts go through the `vanilla` template the model was trained with: the prompt's tokens, no BOS,
@@ -10,40 +10,11 @@ no role tokens; the reply is whatever follows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_gen.llm.local import Generation, generate_batched, load_causal_lm
 from data_gen.store import write_json_atomic
-
-# Written for this project, in the spirit of the paper's Appendix D: everyday instructions of
-# different kinds (advice, explanation, writing, comparison, summary, planning).
-DEFAULT_PROMPTS = (
-    "Give me three practical tips for keeping a houseplant alive in a dark apartment.",
-    "Explain to a ten-year-old why the sky is blue.",
-    "Write a four-line poem about a train arriving late at night.",
-    "What is the difference between a list and a tuple in Python?",
-    "Summarize in two sentences why regular exercise is good for sleep.",
-    "Plan a one-day itinerary for a first visit to a city by the sea.",
-)
-
-
-@dataclass
-class SampleSettings:
-    """The `sample` section of a run config."""
-
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    """Instructions to answer; empty = skip the stage."""
-    max_new_tokens: int = 128
-    """Reply length cap (greedy decoding)."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.prompts, list) or not all(
-            isinstance(p, str) and p.strip() for p in self.prompts
-        ):
-            raise ValueError("`sample.prompts` must be a list of non-empty strings")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"`sample.max_new_tokens` must be >= 1, got {self.max_new_tokens}")
+from nif_lightning.config import PreviewConfig
 
 
 def greedy_replies(
@@ -66,7 +37,7 @@ def greedy_replies(
 
 
 def compare_models(
-    base_dir: str | Path, tuned_dir: str | Path, settings: SampleSettings
+    base_dir: str | Path, tuned_dir: str | Path, settings: PreviewConfig
 ) -> list[dict]:
     """One record per prompt: the base model's and the tuned model's reply."""
     base = greedy_replies(base_dir, settings.prompts, settings.max_new_tokens)
@@ -85,5 +56,5 @@ def compare_models(
     ]
 
 
-def write_samples(records: list[dict], path: Path) -> None:
+def write_previews(records: list[dict], path: Path) -> None:
     write_json_atomic(path, records)
