@@ -29,7 +29,7 @@ import time
 import torch
 
 from benchmarks.common import markdown_table, write_rows
-from nif_lightning.packing import collate_packed, collate_padded, pack, vanilla_sample
+from nif_lightning.packing import collate_packed, collate_padded, pack, tokenize_vanilla
 
 # Llama-3.2-1B's shape. Throughput does not depend on the weights, so random ones let an offline
 # GPU machine measure a 1B-class model without the Hub (`--model synthetic-1b`).
@@ -81,7 +81,7 @@ def make_samples(n: int, cutoff: int, vocab: int, seed: int = 0):
         prompt_len = max(1, int(total * rng.uniform(0.25, 0.75)))
         prompt = [rng.randrange(3, vocab) for _ in range(prompt_len)]
         response = [rng.randrange(3, vocab) for _ in range(max(1, total - prompt_len - 1))]
-        samples.append(vanilla_sample(prompt, response, eos_id=2, cutoff_len=cutoff))
+        samples.append(tokenize_vanilla(prompt, response, eos_id=2, cutoff_len=cutoff))
     return samples
 
 
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nif_lightning.module import LORA_TARGETS, NifLoraModule
+    from nif_lightning.config import LORA_TARGETS
+    from nif_lightning.module import NifLoraModule
 
     model_path = args.model
     if model_path is None:

@@ -5,8 +5,8 @@
   `cutoff_len`.
 - Holds out a validation split chosen by a hash of each row's id: stable across runs, machines
   and world sizes, and independent of the seed.
-- Packed (default): samples are binned into `micro_batch_size * cutoff_len` tokens per batch.
-  Padded: `micro_batch_size` samples per batch, right-padded.
+- Packed (default): examples are binned into `micro_batch_size * cutoff_len` tokens per batch.
+  Padded: `micro_batch_size` examples per batch, right-padded.
 - Distributed: the batches of an epoch are dealt round-robin to the ranks, and the list is
   topped up by repeating its first batches so every rank gets the same number (a rank with fewer
   batches would hang the others in the gradient all-reduce). Lightning's sampler injection is
@@ -28,7 +28,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from data_gen.store import REQUIRED_COLUMNS, check_dataset_dir, read_dataset
 from nif_lightning.config import DataConfig
-from nif_lightning.packing import Sample, collate_packed, collate_padded, pack, vanilla_sample
+from nif_lightning.packing import (
+    TokenizedExample,
+    collate_packed,
+    collate_padded,
+    pack,
+    tokenize_vanilla,
+)
 
 _TOKENIZE_CHUNK = 2048
 
@@ -48,7 +54,7 @@ def _hash(row_id: str) -> bytes:
     return hashlib.sha256(row_id.encode("utf-8")).digest()
 
 
-class _Batches(torch.utils.data.IterableDataset):
+class _EpochBatches(torch.utils.data.IterableDataset):
     """This rank's batches of the current epoch: index groups fixed when iteration starts,
     collated one at a time from the epoch's first untrained batch."""
 
@@ -73,15 +79,15 @@ class NifDataModule(L.LightningDataModule):
         self.data_dir = Path(data_dir)
         check_dataset_dir(self.data_dir)  # a bad folder fails here, before any model loads
         self._tokenizer_or_path = tokenizer_or_path
-        self.train_samples: list[Sample] = []
-        self.val_samples: list[Sample] = []
+        self.train_examples: list[TokenizedExample] = []
+        self.val_examples: list[TokenizedExample] = []
         self._pad_id = 0
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained) from a ckpt
 
     # ---- setup ----------------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_samples:
+        if self.train_examples:
             return
         tok = self._tokenizer()
         rows = read_examples(self.data_dir)
@@ -92,8 +98,8 @@ class NifDataModule(L.LightningDataModule):
             val = [min(rows, key=lambda r: _hash(r["id"]))]  # a tiny set still validates
         val_ids = {r["id"] for r in val}
         train = [r for r in rows if r["id"] not in val_ids]
-        self.train_samples = self._tokenize(tok, train)
-        self.val_samples = self._tokenize(tok, val)
+        self.train_examples = self._tokenize(tok, train)
+        self.val_examples = self._tokenize(tok, val)
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def _tokenizer(self):
@@ -103,22 +109,22 @@ class NifDataModule(L.LightningDataModule):
 
         return AutoTokenizer.from_pretrained(str(self._tokenizer_or_path))
 
-    def _tokenize(self, tok, rows: list[dict[str, str]]) -> list[Sample]:
+    def _tokenize(self, tok, rows: list[dict[str, str]]) -> list[TokenizedExample]:
         if not rows:
             return []
         if tok.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; the vanilla template needs one")
-        samples: list[Sample] = []
-        # In chunks: the tokenizer's Python lists take ~7x the memory of the samples kept.
+        examples: list[TokenizedExample] = []
+        # In chunks: the tokenizer's Python lists take ~7x the memory of the examples kept.
         for start in range(0, len(rows), _TOKENIZE_CHUNK):
             chunk = rows[start : start + _TOKENIZE_CHUNK]
             prompts = tok([r["prompt"] for r in chunk], add_special_tokens=False)["input_ids"]
             responses = tok([r["completion"] for r in chunk], add_special_tokens=False)["input_ids"]
-            samples += [
-                vanilla_sample(p, c, tok.eos_token_id, self.cfg.cutoff_len)
+            examples += [
+                tokenize_vanilla(p, c, tok.eos_token_id, self.cfg.cutoff_len)
                 for p, c in zip(prompts, responses, strict=True)
             ]
-        return samples
+        return examples
 
     # ---- batches --------------------------------------------------------------------------------
 
@@ -161,14 +167,16 @@ class NifDataModule(L.LightningDataModule):
         done, self._resume_at = self._resume_at[1], None
         return done
 
-    def epoch_batches(self, samples: list[Sample], seed: int, *, shuffle: bool) -> list[list[int]]:
+    def epoch_batches(
+        self, examples: list[TokenizedExample], seed: int, *, shuffle: bool
+    ) -> list[list[int]]:
         """Index groups of one epoch for all ranks (before dealing)."""
         if self.cfg.packing:
-            return pack([len(s) for s in samples], self.cfg.token_budget, seed)
-        order = list(range(len(samples)))
+            return pack([len(s) for s in examples], self.cfg.token_budget, seed)
+        order = list(range(len(examples)))
         if shuffle:
             g = torch.Generator().manual_seed(seed)
-            order = torch.randperm(len(samples), generator=g).tolist()
+            order = torch.randperm(len(examples), generator=g).tolist()
         size = self.cfg.micro_batch_size
         return [order[i : i + size] for i in range(0, len(order), size)]
 
@@ -179,38 +187,40 @@ class NifDataModule(L.LightningDataModule):
             groups = groups + groups[: per_rank * world - len(groups)]
         return groups[rank::world]
 
-    def _rank_groups(self, samples: list[Sample], epoch: int, *, train: bool) -> list[list[int]]:
+    def _rank_groups(
+        self, examples: list[TokenizedExample], epoch: int, *, train: bool
+    ) -> list[list[int]]:
         """This rank's index groups of `epoch` (validation: one fixed order)."""
         seed = self.cfg.seed + (epoch if train else 0)
-        groups = self.epoch_batches(samples, seed, shuffle=train)
+        groups = self.epoch_batches(examples, seed, shuffle=train)
         return self.rank_batches(groups, *self._rank())
 
-    def collate(self, samples: list[Sample]) -> dict:
+    def collate(self, examples: list[TokenizedExample]) -> dict:
         if self.cfg.packing:
-            return collate_packed(samples)
-        return collate_padded(samples, self._pad_id)
+            return collate_packed(examples)
+        return collate_padded(examples, self._pad_id)
 
-    def _loader(self, samples: list[Sample], *, train: bool):
-        dataset = _Batches(
-            lambda epoch: self._rank_groups(samples, epoch, train=train),
-            lambda group: self.collate([samples[i] for i in group]),
+    def _loader(self, examples: list[TokenizedExample], *, train: bool):
+        dataset = _EpochBatches(
+            lambda epoch: self._rank_groups(examples, epoch, train=train),
+            lambda group: self.collate([examples[i] for i in group]),
             epoch_fn=self._epoch if train else (lambda: 0),
             start_fn=self._first_batch if train else (lambda epoch: 0),
         )
         return torch.utils.data.DataLoader(dataset, batch_size=None)
 
     def train_dataloader(self):
-        return self._loader(self.train_samples, train=True)
+        return self._loader(self.train_examples, train=True)
 
     def val_dataloader(self):
-        return self._loader(self.val_samples, train=False)
+        return self._loader(self.val_examples, train=False)
 
     # ---- figures --------------------------------------------------------------------------------
 
     def packing_efficiency(self) -> float:
         """Real tokens / computed token slots over one training epoch."""
         tokens = slots = 0
-        for group in self._rank_groups(self.train_samples, 0, train=True):
-            stats = self.collate([self.train_samples[i] for i in group])["stats"]
+        for group in self._rank_groups(self.train_examples, 0, train=True):
+            stats = self.collate([self.train_examples[i] for i in group])["stats"]
             tokens, slots = tokens + stats["tokens"], slots + stats["slots"]
         return tokens / max(slots, 1)

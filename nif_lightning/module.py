@@ -1,7 +1,7 @@
 """The LightningModule: a Hugging Face causal LM with PEFT LoRA on every linear layer but lm_head.
 
 Batch contract (from the DataModule): `{"inputs": {forward kwargs incl. labels}, "stats":
-{"tokens", "slots", "samples", "loss_tokens"}}`. The loss is the model's shifted cross-entropy on
+{"tokens", "slots", "examples", "loss_tokens"}}`. The loss is the model's shifted cross-entropy on
 `labels` (-100 over the prompt: the `vanilla` template trains on the response and EOS only),
 computed over `lm_head` in token chunks (`loss.py`): the (T, V) fp32 logits never exist, which
 at 8,192 tokens and a 128k vocabulary saves ~6 GB per GPU. Only LoRA params train; outside
@@ -160,7 +160,7 @@ class NifLoraModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, _, _ = self.lm_loss(batch["inputs"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=_samples(batch))
+        self.log("train/loss", loss, prog_bar=True, batch_size=_examples(batch))
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -208,8 +208,8 @@ class NifLoraModule(L.LightningModule):
         return super().load_state_dict(state_dict, strict=False, **kwargs)
 
 
-def _samples(batch) -> int:
-    return int(batch["stats"]["samples"])
+def _examples(batch) -> int:
+    return int(batch["stats"]["examples"])
 
 
 def enable_checkpointing(model) -> None:

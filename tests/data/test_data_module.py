@@ -30,15 +30,15 @@ def test_split_and_batches_are_deterministic(env):
     cfg = DataConfig(cutoff_len=96, micro_batch_size=3, val_fraction=0.1, seed=5)
     a, b = NifDataModule(data, tiny, cfg), NifDataModule(data, tiny, cfg)
     a.setup(), b.setup()
-    assert len(a.train_samples) + len(a.val_samples) == 60 and a.val_samples
+    assert len(a.train_examples) + len(a.val_examples) == 60 and a.val_examples
     assert [_ids(x) for x in a.train_dataloader()] == [_ids(x) for x in b.train_dataloader()]
-    assert max(len(s) for s in a.train_samples) <= 96
+    assert max(len(s) for s in a.train_examples) <= 96
     # The split depends on the id only, not on the seed.
     assert is_validation("doc-1", 0.5) == is_validation("doc-1", 0.5)
     c = NifDataModule(data, tiny, DataConfig(cutoff_len=96, val_fraction=0.1, seed=6))
     c.setup()
-    assert [s.input_ids.tolist() for s in c.val_samples] == [
-        s.input_ids.tolist() for s in a.val_samples
+    assert [s.input_ids.tolist() for s in c.val_examples] == [
+        s.input_ids.tolist() for s in a.val_examples
     ]
     # Every packed batch stays within the token budget; no padding is computed.
     for batch in a.train_dataloader():
@@ -50,11 +50,11 @@ def test_ranks_get_disjoint_batches_of_equal_count(env):
     data, tiny = env
     dm = NifDataModule(data, tiny, DataConfig(cutoff_len=96, micro_batch_size=2))
     dm.setup()
-    groups = dm.epoch_batches(dm.train_samples, seed=0, shuffle=True)
+    groups = dm.epoch_batches(dm.train_examples, seed=0, shuffle=True)
     per_rank = [dm.rank_batches(groups, r, 3) for r in range(3)]
     assert len({len(p) for p in per_rank}) == 1  # no rank waits in an all-reduce alone
     seen = [i for p in per_rank for g in p for i in g]
-    assert set(seen) == set(range(len(dm.train_samples)))  # every sample is trained on
+    assert set(seen) == set(range(len(dm.train_examples)))  # every sample is trained on
     assert len(seen) - len(set(seen)) < 2 * 96  # only the top-up batches repeat
 
 
@@ -63,7 +63,7 @@ def test_padded_mode(env):
     dm = NifDataModule(data, tiny, DataConfig(cutoff_len=1024, micro_batch_size=4, packing=False))
     dm.setup()
     batches = list(dm.train_dataloader())
-    assert sum(b["stats"]["samples"] for b in batches) == len(dm.train_samples)
+    assert sum(b["stats"]["examples"] for b in batches) == len(dm.train_examples)
     assert all(b["inputs"]["input_ids"].shape[0] <= 4 for b in batches)
     assert all("attention_mask" in b["inputs"] for b in batches)
     assert 0 < dm.packing_efficiency() < 1.0  # padding is computed

@@ -12,12 +12,12 @@ import torch
 from nif_lightning.attention import use_packed_attention
 from nif_lightning.packing import (
     IGNORE,
-    Sample,
+    TokenizedExample,
     collate_packed,
     collate_padded,
     pack,
     split_budget,
-    vanilla_sample,
+    tokenize_vanilla,
 )
 
 
@@ -36,7 +36,7 @@ def _samples(seed=0, n=4):
     for _ in range(n):
         prompt = [rng.randrange(3, 500) for _ in range(rng.randint(3, 30))]
         response = [rng.randrange(3, 500) for _ in range(rng.randint(1, 30))]
-        out.append(vanilla_sample(prompt, response, eos_id=0, cutoff_len=64))
+        out.append(tokenize_vanilla(prompt, response, eos_id=0, cutoff_len=64))
     return out
 
 
@@ -95,7 +95,7 @@ def test_positions_restart_and_boundaries_carry_no_loss():
 
 
 def test_vanilla_template_exact_ids():
-    s = vanilla_sample([11, 12, 13], [21, 22], eos_id=2, cutoff_len=100)
+    s = tokenize_vanilla([11, 12, 13], [21, 22], eos_id=2, cutoff_len=100)
     assert s.input_ids.tolist() == [11, 12, 13, 21, 22, 2]  # no BOS, EOS last
     assert s.labels.tolist() == [IGNORE, IGNORE, IGNORE, 21, 22, 2]
 
@@ -112,7 +112,7 @@ def test_vanilla_template_exact_ids():
 )
 def test_truncation_splits_the_budget_in_proportion(p, r, cutoff, expect):
     assert split_budget(p, r, cutoff) == expect
-    s = vanilla_sample(list(range(3, 3 + p)), list(range(3, 3 + r - 1)), 2, cutoff)
+    s = tokenize_vanilla(list(range(3, 3 + p)), list(range(3, 3 + r - 1)), 2, cutoff)
     assert len(s) == min(p + r, cutoff)
 
 
@@ -132,8 +132,8 @@ def test_bin_packing_is_complete_tight_and_seeded():
 
 
 def test_padded_batch_stats():
-    samples = [Sample(torch.tensor([5, 6, 7]), 1), Sample(torch.tensor([8]), 1)]
+    samples = [TokenizedExample(torch.tensor([5, 6, 7]), 1), TokenizedExample(torch.tensor([8]), 1)]
     batch = collate_padded(samples, pad_id=1)
     assert batch["inputs"]["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
     assert batch["inputs"]["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["stats"] == {"tokens": 4, "slots": 6, "samples": 2, "loss_tokens": 2}
+    assert batch["stats"] == {"tokens": 4, "slots": 6, "examples": 2, "loss_tokens": 2}

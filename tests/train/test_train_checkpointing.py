@@ -8,7 +8,7 @@ import torch
 
 from nif_lightning.config import LoraConfig
 from nif_lightning.module import NifLoraModule
-from nif_lightning.packing import collate_packed, vanilla_sample
+from nif_lightning.packing import collate_packed, tokenize_vanilla
 
 
 def _packed_batch():
@@ -16,7 +16,7 @@ def _packed_batch():
     samples = []
     for prompt_len, response_len in ((30, 20), (12, 41), (25, 9)):
         ids = torch.randint(3, 500, (prompt_len + response_len,), generator=g).tolist()
-        samples.append(vanilla_sample(ids[:prompt_len], ids[prompt_len:], 1, 256))
+        samples.append(tokenize_vanilla(ids[:prompt_len], ids[prompt_len:], 1, 256))
     return collate_packed(samples)["inputs"]
 
 

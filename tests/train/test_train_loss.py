@@ -16,9 +16,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from nif_lightning import loss as chunked
+from nif_lightning.config import LORA_TARGETS
 from nif_lightning.loss import chunk_tokens, chunked_lm_loss, chunked_loss_bytes
-from nif_lightning.module import LORA_TARGETS
-from nif_lightning.packing import collate_packed, collate_padded, vanilla_sample
+from nif_lightning.packing import collate_packed, collate_padded, tokenize_vanilla
 
 CHUNK = 7  # tokens a chunk in the model tests: 36 loss tokens = 5 full chunks + 1 ragged
 
@@ -55,7 +55,7 @@ def _inputs(layout: str, config) -> dict:
     EOS each, so 36 loss tokens."""
     g = torch.Generator().manual_seed(1)
     samples = [
-        vanilla_sample(
+        tokenize_vanilla(
             torch.randint(2, 500, (p,), generator=g).tolist(),
             torch.randint(2, 500, (r,), generator=g).tolist(),
             config.eos_token_id,

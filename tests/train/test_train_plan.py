@@ -16,7 +16,7 @@ from nif_lightning.cli import main
 from nif_lightning.config import load_config, train_config
 from nif_lightning.memory import GpuSpec, PlanError, plan_memory
 from nif_lightning.module import NifLoraModule
-from nif_lightning.packing import collate_packed, vanilla_sample
+from nif_lightning.packing import collate_packed, tokenize_vanilla
 from nif_lightning.tensor_bytes import live_tensor_bytes, saved_tensor_bytes
 
 PAPER = Path(__file__).parents[2] / "configs" / "paper"
@@ -43,7 +43,7 @@ def _packed_batch(lengths: list[int], vocab: int, seed: int = 0) -> dict:
     for n in lengths:
         prompt = [rng.randrange(3, vocab) for _ in range(n // 2)]
         response = [rng.randrange(3, vocab) for _ in range(n - n // 2 - 1)]  # + EOS = n
-        samples.append(vanilla_sample(prompt, response, eos_id=2, cutoff_len=1024))
+        samples.append(tokenize_vanilla(prompt, response, eos_id=2, cutoff_len=1024))
     return collate_packed(samples)
 
 
