@@ -5,6 +5,7 @@
     client.py     the client base class and the HTTP engine: retries, rate limits, server fleet
     wire.py       the request and answer formats of OpenAI chat / completions and Anthropic
     factory.py    make_teacher: kind -> client (the hf client imported only when asked for)
+    fanout.py     fan_out: one worker pool over many prompts, stopping on RunStopped
     hf.py         a local transformers model as a client, batched
     batch.py      the providers' batch APIs (half price, answers within 24 h)
     retry.py, ratelimit.py   the retry policy and the RPM/TPM limiter
@@ -23,6 +24,7 @@ from data_gen.llm.errors import (
     TeacherError,
 )
 from data_gen.llm.factory import make_teacher
+from data_gen.llm.fanout import fan_out
 
 __all__ = [
     "BATCH_KINDS",
@@ -36,5 +38,6 @@ __all__ = [
     "Teacher",
     "TeacherConfig",
     "TeacherError",
+    "fan_out",
     "make_teacher",
 ]

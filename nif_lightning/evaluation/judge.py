@@ -123,7 +123,7 @@ def _read_cache(path: Path) -> dict[str, dict]:
 
 async def _ask_all(cfg, jobs: dict[str, tuple[str, str]], cache_path: Path, parse) -> dict:
     """`jobs`: label -> (kind, prompt). Returns label -> cached record (absent = unjudged)."""
-    from data_gen.llm import RequestFailed, RunStopped, make_teacher
+    from data_gen.llm import RunStopped, fan_out, make_teacher
     from nif_lightning.evaluation.generate import open_for_append
 
     cfg = _judge_cfg(cfg)
@@ -132,40 +132,26 @@ async def _ask_all(cfg, jobs: dict[str, tuple[str, str]], cache_path: Path, pars
     async with make_teacher(cfg) as judge:
         keys = {label: _key(judge.name, prompt) for label, (_, prompt) in jobs.items()}
         todo = [label for label in jobs if keys[label] not in cached]
-        queue: asyncio.Queue = asyncio.Queue()
-        for label in todo:
-            queue.put_nowait(label)
-        stopped: list[str] = []
         with open_for_append(cache_path) as cache:
 
-            async def worker() -> None:
-                while not stopped and not queue.empty():
-                    label = queue.get_nowait()
-                    kind, prompt = jobs[label]
-                    try:
-                        reply = await judge.complete(prompt)
-                    except RequestFailed:
-                        continue  # unjudged; the next run asks again
-                    except RunStopped as err:
-                        stopped.append(str(err))
-                        return
-                    rec = {
-                        "key": keys[label],
-                        "label": label,
-                        "kind": kind,
-                        "verdict": parse(reply.text),
-                        "reply": reply.text[-2000:],  # the end holds the verdict
-                    }
-                    cached[rec["key"]] = rec
-                    cache.write(json.dumps(rec) + "\n")
-                    cache.flush()
+            def keep(label: str, reply) -> None:
+                rec = {
+                    "key": keys[label],
+                    "label": label,
+                    "kind": jobs[label][0],
+                    "verdict": parse(reply.text),
+                    "reply": reply.text[-2000:],  # the end holds the verdict
+                }
+                cached[rec["key"]] = rec
+                cache.write(json.dumps(rec) + "\n")
+                cache.flush()
 
-            n = min(cfg.concurrency, max(1, len(todo)))
-            await asyncio.gather(*(worker() for _ in range(n)))
-    if stopped:
-        from data_gen.llm import RunStopped
-
-        raise RunStopped(f"the judge stopped the evaluation: {stopped[0]}; verdicts so far kept")
+            # A failed question stays unjudged (on_error's default): the next run asks again.
+            stop = await fan_out(
+                judge, todo, lambda label: jobs[label][1], keep, concurrency=cfg.concurrency
+            )
+    if stop is not None:
+        raise RunStopped(f"the judge stopped the evaluation: {stop}; verdicts so far kept")
     return {label: cached[keys[label]] for label in jobs if keys[label] in cached}
 
 
