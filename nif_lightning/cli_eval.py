@@ -74,7 +74,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _run(cfg) -> int:
     import json
 
-    from nif_lightning.evaluation.runner import run_eval
+    from nif_lightning.recipes.evaluate import run_eval
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)

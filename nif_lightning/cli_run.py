@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     import sys
 
     from nif_lightning.config import load_run_config
-    from nif_lightning.pipeline import StageFailed, run_pipeline
+    from nif_lightning.recipes.run import StageFailed, run_pipeline
 
     cfg = load_run_config(args.config or default_config())
     try:

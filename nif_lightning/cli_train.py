@@ -129,7 +129,7 @@ def _train(args: argparse.Namespace) -> int:
         problems.append(f"`--resume`: no {out / 'checkpoints' / 'last.ckpt'}")
     if problems:
         raise ConfigError(problems, source="")
-    from nif_lightning.training import run_training
+    from nif_lightning.recipes.train import run_training
 
     out = run_training(cfg, resume=args.resume, force=args.force)
     print(f"adapter: {out / 'adapter'}\nmerged model: {out / 'merged'}")

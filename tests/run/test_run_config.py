@@ -13,7 +13,7 @@ import yaml
 from data_gen.schema import ConfigError
 from nif_lightning.cli import main
 from nif_lightning.config import load_run_config, run_config
-from nif_lightning.pipeline import RunState, fingerprints, run_pipeline
+from nif_lightning.recipes.run import RunState, fingerprints, run_pipeline
 
 
 def _raw(tmp_path: Path, **sections) -> dict:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from nif_lightning.config import load_run_config
-from nif_lightning.pipeline import run_pipeline
+from nif_lightning.recipes.run import run_pipeline
 
 
 def _config(tmp_path: Path, **sections) -> Path:
@@ -141,7 +141,7 @@ def test_a_training_process_of_another_gpu_stops_after_training(tmp_path, monkey
     rank 0 — and it must refuse to run a data stage itself."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    import nif_lightning.pipeline as pipeline
+    import nif_lightning.recipes.run as pipeline
 
     cfg = load_run_config(_config(tmp_path))
     monkeypatch.setattr(rank_zero_only, "rank", 1)

@@ -10,7 +10,7 @@ import torch
 
 from nif_lightning.config import train_config
 from nif_lightning.memory import GpuSpec, plan_memory
-from nif_lightning.training import PlanDoesNotFit, plan_gate
+from nif_lightning.recipes.train import PlanDoesNotFit, plan_gate
 
 
 @pytest.fixture(scope="module")

@@ -92,8 +92,8 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, log=print) -> dict[str,
     """Run (or continue) every stage; returns the report dict (None in a training process of
     rank > 0, which stops after training). `force` trains even when the memory plan does not
     fit this machine's GPU."""
+    from nif_lightning.recipes.train import is_global_zero, plan_gate
     from nif_lightning.report import build_report
-    from nif_lightning.training import is_global_zero, plan_gate
 
     run_dir = cfg.run_dir
     state = RunState(run_dir)
@@ -185,7 +185,7 @@ def _filter(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _train(cfg: RunConfig, *, checkpointing: bool | None = None) -> dict[str, Any]:
-    from nif_lightning.training import run_training
+    from nif_lightning.recipes.train import run_training
 
     resume = (cfg.run_dir / "checkpoints" / "last.ckpt").exists()  # a file, or DeepSpeed's folder
     run_training(cfg.train, resume=resume, checkpointing=checkpointing)
