@@ -20,8 +20,29 @@ from typing import Any
 from data_gen.llm.config import TeacherConfig
 from data_gen.schema import option, section
 
-# Options of `nif gen` that shape the output but not the data: absent from the fingerprint.
+# Options of `nif gen` that shape what it prints, not the data: left out of manifest.json.
 PRESENTATION = ("dry_run", "quiet", "price_in", "price_out")
+
+# Settings of `nif gen` that may change between runs on the same folder: they change how fast
+# (or where) the data is made, not what it is. Dropped at any depth by `store.fingerprint`, so
+# `nif gen` (`check_resume`) and `nif run` (its gen stage) agree on what changes the data.
+OPERATIONAL = {
+    "out",
+    "shard_rows",
+    "flush_seconds",
+    "concurrency",
+    "rpm",
+    "tpm",
+    "max_retries",
+    "timeout",
+    "backoff",
+    "base_urls",
+    "api_key_env",
+    "batch",
+    "batch_size",
+    "poll_seconds",
+    "batch_wait",
+}
 
 
 @dataclass
@@ -136,10 +157,14 @@ class FilterConfig:
         return not self.keep_conversational
 
     def check_inputs(self) -> list[str]:
-        from data_gen.store import shard_paths
+        from data_gen.store import check_dataset_dir
 
-        if not shard_paths(Path(self.src)):
-            return [f"DIR {self.src} holds no shards/*.arrow (run `nif gen` first)"]
+        try:  # the uppercase rule reads each row's true continuation too
+            check_dataset_dir(
+                self.src, what="DIR", columns=("id", "prompt", "completion", "reference")
+            )
+        except (FileNotFoundError, ValueError) as err:
+            return [str(err)]
         return []
 
     def public_dict(self) -> dict[str, Any]:

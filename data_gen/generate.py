@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from data_gen.config import GenConfig
+from data_gen.config import OPERATIONAL, GenConfig
 from data_gen.corpus import SkipCounts, iter_documents
 from data_gen.llm import (
     Completion,
@@ -52,27 +52,6 @@ from data_gen.store import (
     write_json_atomic,
     write_table_atomic,
 )
-
-# Settings of `nif gen` that may change between runs on the same folder: they change how fast
-# (or where) the data is made, not what it is. Dropped at any depth by `store.fingerprint`, so
-# `nif gen` (`check_resume`) and `nif run` (its gen stage) agree on what changes the data.
-OPERATIONAL = {
-    "out",
-    "shard_rows",
-    "flush_seconds",
-    "concurrency",
-    "rpm",
-    "tpm",
-    "max_retries",
-    "timeout",
-    "backoff",
-    "base_urls",
-    "api_key_env",
-    "batch",
-    "batch_size",
-    "poll_seconds",
-    "batch_wait",
-}
 
 
 @dataclass

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_gen.generate import OPERATIONAL
+from data_gen.config import OPERATIONAL
 from data_gen.llm.errors import RunStopped
 from data_gen.schema import ConfigError, to_dict
 from data_gen.store import config_diff, fingerprint, write_json_atomic

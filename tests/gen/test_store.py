@@ -121,7 +121,8 @@ def test_config_diff_names_nested_paths():
 
 
 def test_nif_gen_resume_ignores_operational_settings_and_names_the_rest(tmp_path):
-    from data_gen.generate import OPERATIONAL, GenConfig, check_resume
+    from data_gen.config import OPERATIONAL, GenConfig
+    from data_gen.generate import check_resume
 
     cfg = GenConfig(corpus="builtin", out=str(tmp_path), num_docs=4)
     manifest = cfg.public_dict()
