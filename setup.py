@@ -14,7 +14,9 @@ setup(
     long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["nif_lightning*", "kernels*", "data_gen*"]),
+    # `kernels/` ships as `nif_lightning.kernels` (nif_lightning/kernels is a link to it): the
+    # top-level import name `kernels` is Hugging Face's, which transformers probes.
+    packages=find_packages(include=["nif_lightning*", "data_gen*"]),
     include_package_data=True,
     package_data={
         "nif_lightning.evaluation": ["data/*.jsonl"],

@@ -55,7 +55,7 @@ def _peft_layer(K, N, r, dtype, device):
 
 
 def _variants(layer, backend):
-    from kernels import lora_linear
+    from nif_lightning.kernels import lora_linear
 
     W = layer.base_layer.weight
     A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.reference import lora_reference
+from .reference import lora_reference
 
 BACKENDS = ("auto", "fused", "sm70", "torch")
 
@@ -50,7 +50,7 @@ def _lora_fwd(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (M, K) -> (y (M, N), T (M, r) = dropout(x) A^T, saved for backward)."""
-    from kernels import triton_lora as tk
+    from . import triton_lora as tk
 
     t = tk.down(x, lora_a, seed, dropout_p)
     if backend == "fused":
@@ -81,7 +81,7 @@ def _lora_bwd(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (dx (M, K), dA (r, K) fp32, dB (N, r) fp32)."""
-    from kernels import triton_lora as tk
+    from . import triton_lora as tk
 
     dy = dy.contiguous()
     ds, db = tk.ds_db(dy, lora_b, t, scaling)  # one pass over dY

@@ -14,7 +14,7 @@ from functools import partial
 
 import torch
 
-from kernels.lora import lora_linear
+from .lora import lora_linear
 
 
 def _fused_forward(self, x: torch.Tensor, *args, backend: str = "auto", **kwargs) -> torch.Tensor:

@@ -45,20 +45,6 @@ def _triton_usable() -> bool:
     return False
 
 
-def _triton_usable() -> bool:
-    """False (with a warning) when CUDA is there but Triton is not: the fused LoRA op would fail
-    at the first forward. Without CUDA the op runs plain torch and needs no Triton."""
-    import importlib.util
-
-    if not torch.cuda.is_available() or importlib.util.find_spec("triton") is not None:
-        return True
-    log.warning(
-        "fused LoRA kernels off: Triton is not installed (`pip install triton`, or set "
-        "`model.fused_lora: false` to silence this); using PEFT's forward"
-    )
-    return False
-
-
 class NifLoraModule(L.LightningModule):
     """HF causal LM (hub id or local path) + LoRA; see the module docstring for the batch."""
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import lora_linear, lora_reference, use_fused_lora
-from kernels import triton_lora as tk
+from nif_lightning.kernels import lora_linear, lora_reference, use_fused_lora
+from nif_lightning.kernels import triton_lora as tk
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -220,7 +220,7 @@ def test_matches_reference_on_gpu(backend, dtype, M, K, N, r, p):
 
 @pytest.mark.gpu
 def test_auto_backend_follows_compute_capability():
-    from kernels import pick_backend
+    from nif_lightning.kernels import pick_backend
 
     major, _ = torch.cuda.get_device_capability()
     assert pick_backend(torch.device("cuda")) == ("fused" if major >= 8 else "sm70")
