@@ -17,6 +17,10 @@ written leaves that batch unknown here, so its documents are sent again.
 
 Custom ids are `doc-<k>`, the position in the batch (providers restrict their characters);
 the record maps them back to document ids.
+
+The client is reached through `BatchClient` (the HTTP clients implement it). A batch lives at
+one API root, so batch mode refuses several `--base-url`s (`config.check_batch_urls`) instead
+of quietly using the first.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from data_gen.llm.client import Completion
+from data_gen.llm.config import TeacherConfig
 from data_gen.llm.errors import RequestFailed
 from data_gen.llm.retry import error_message
 from data_gen.store import parse_jsonl, write_json_atomic
@@ -71,16 +76,48 @@ class BatchLedger:
         write_json_atomic(self.path, {"batches": [asdict(b) for b in self.batches]})
 
 
-class _Api:
-    """One provider's batch endpoints, spoken through a live teacher's session and headers."""
+@runtime_checkable
+class BatchClient(Protocol):
+    """What batch mode needs from a client: the HTTP clients of `wire.py` (openai,
+    openai-completions, anthropic) implement it, with their live requests' wire format, key,
+    retries and backoff."""
 
-    def __init__(self, teacher) -> None:
-        self.teacher = teacher
-        self.base = teacher.fleet.urls[0]
+    cfg: TeacherConfig
+    """`kind` picks the provider's batch API; `batch_size`, `batch_wait`, `poll_seconds`."""
+
+    @property
+    def batch_url(self) -> str:
+        """The one API root (batch mode refuses several `--base-url`s: `check_batch_urls`)."""
+        ...
+
+    @property
+    def batch_endpoint(self) -> str:
+        """The live endpoint each batched request stands for, below the API root."""
+        ...
+
+    def batch_request(self, prompt: str) -> dict[str, Any]:
+        """The body of the request for `prompt`."""
+        ...
+
+    def parse_batch_result(self, body: dict[str, Any]) -> Completion:
+        """The completion in a successful answer's body; raises on a malformed one."""
+        ...
+
+    async def call(self, method: str, url: str, **kwargs: Any) -> bytes:
+        """One API call with the client's key and retries: a 2xx body, or RequestFailed."""
+        ...
+
+
+class _Api:
+    """One provider's batch endpoints, spoken through a live client's session and headers."""
+
+    def __init__(self, client: BatchClient) -> None:
+        self.client = client
+        self.base = client.batch_url
 
     async def json(self, method: str, url: str, **kwargs) -> dict[str, Any]:
         try:
-            return json.loads(await self.teacher.call(method, url, **kwargs))
+            return json.loads(await self.client.call(method, url, **kwargs))
         except ValueError:
             raise RequestFailed(f"{method} {url}: the answer is not JSON") from None
 
@@ -94,7 +131,7 @@ class OpenAIBatches(_Api):
     async def submit(self, lines: list[tuple[str, dict[str, Any]]]) -> str:
         import aiohttp
 
-        endpoint = "/v1" + self.teacher.path
+        endpoint = "/v1" + self.client.batch_endpoint
         jsonl = "".join(
             json.dumps({"custom_id": cid, "method": "POST", "url": endpoint, "body": body}) + "\n"
             for cid, body in lines
@@ -130,7 +167,7 @@ class OpenAIBatches(_Api):
         for key in ("output_file_id", "error_file_id"):
             if not batch.get(key):
                 continue
-            raw = await self.teacher.call("GET", f"{self.base}/files/{batch[key]}/content")
+            raw = await self.client.call("GET", f"{self.base}/files/{batch[key]}/content")
             out += [self._result(rec) for rec in _jsonl(raw)]
         return out
 
@@ -142,7 +179,7 @@ class OpenAIBatches(_Api):
             body = json.dumps(response.get("body"))
             return cid, None, f"HTTP {response.get('status_code')}: {error_message(body)}"
         try:
-            return cid, self.teacher.parse(response["body"]), None
+            return cid, self.client.parse_batch_result(response["body"]), None
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             return cid, None, "malformed response body"
 
@@ -166,14 +203,14 @@ class AnthropicBatches(_Api):
         self, batch: dict[str, Any]
     ) -> list[tuple[str, Completion | None, str | None]]:
         url = batch.get("results_url") or f"{self.base}/messages/batches/{batch['id']}/results"
-        return [self._result(rec) for rec in _jsonl(await self.teacher.call("GET", url))]
+        return [self._result(rec) for rec in _jsonl(await self.client.call("GET", url))]
 
     def _result(self, rec: dict[str, Any]) -> tuple[str, Completion | None, str | None]:
         cid, result = str(rec.get("custom_id")), rec.get("result") or {}
         kind = result.get("type")
         if kind == "succeeded":
             try:
-                return cid, self.teacher.parse(result["message"]), None
+                return cid, self.client.parse_batch_result(result["message"]), None
             except (ValueError, KeyError, TypeError, IndexError, AttributeError):
                 return cid, None, "malformed response body"
         if kind == "errored":
@@ -187,12 +224,15 @@ def _jsonl(raw: bytes) -> list[dict[str, Any]]:
     return parse_jsonl(raw.decode("utf-8", errors="replace"))
 
 
-def batch_api(teacher) -> _Api:
-    return AnthropicBatches(teacher) if teacher.cfg.kind == "anthropic" else OpenAIBatches(teacher)
+def batch_api(client: BatchClient) -> _Api:
+    """The provider's batch API for `client`; refuses a client without one, or with a fleet."""
+    if not isinstance(client, BatchClient):
+        raise TypeError(f"{client!r} has no batch API (`--batch` needs one of the HTTP clients)")
+    return AnthropicBatches(client) if client.cfg.kind == "anthropic" else OpenAIBatches(client)
 
 
 async def run_batches(
-    teacher,
+    client: BatchClient,
     ledger: BatchLedger,
     items: dict[str, str],
     *,
@@ -210,13 +250,13 @@ async def run_batches(
     checked once); each answer goes to `on_answer(key, completion)`, each error or unanswered
     key to `on_error(key, reason)`, and once `before_collected()` has returned the batch is
     marked collected. Answers for keys not in `items` (finished by an earlier run) are ignored."""
-    api = batch_api(teacher)
+    api = batch_api(client)
     in_flight = ledger.in_flight()
     fresh = [key for key in items if key not in in_flight]
-    size = teacher.cfg.batch_size
+    size = client.cfg.batch_size
     for start in range(0, len(fresh), size):
         chunk = fresh[start : start + size]
-        lines = [(f"doc-{k}", teacher.payload(items[key])) for k, key in enumerate(chunk)]
+        lines = [(f"doc-{k}", client.batch_request(items[key])) for k, key in enumerate(chunk)]
         ledger.batches.append(BatchRecord(await api.submit(lines), chunk))
         ledger.save()  # at once: from here on this batch is collected, never sent again
     callbacks = (on_answer, on_error, on_status, before_collected)
@@ -234,9 +274,9 @@ async def _collect(api, rec, ledger, items, on_answer, on_error, on_status, befo
         if ended:
             break
         on_status(f"batch {rec.id}: {rec.status}")
-        if not api.teacher.cfg.batch_wait:
+        if not api.client.cfg.batch_wait:
             return  # still pending; a later run collects it
-        await asyncio.sleep(api.teacher.cfg.poll_seconds)
+        await asyncio.sleep(api.client.cfg.poll_seconds)
     seen: set[str] = set()
     for custom_id, completion, error in await api.results(batch):
         try:

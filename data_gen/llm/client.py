@@ -36,10 +36,12 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from data_gen.llm.config import TeacherConfig
+from data_gen.llm.config import TeacherConfig, check_batch_urls
 from data_gen.llm.errors import AuthFailed, RequestFailed, SpendLimitReached
 from data_gen.llm.ratelimit import RateLimiter
 from data_gen.llm.retry import (
@@ -122,6 +124,16 @@ class _Fleet:
         turn = self._turn
         return min(up, key=lambda i: (self.in_flight[i], (i - turn) % n))
 
+    @contextmanager
+    def sending(self, i: int) -> Iterator[None]:
+        """Count one request to server `i`: in flight while the block runs, and sent."""
+        self.in_flight[i] += 1
+        self.sent[i] += 1
+        try:
+            yield
+        finally:
+            self.in_flight[i] -= 1
+
     def refused(self, i: int) -> None:
         self._refusals[i] += 1
         cool = min(_MAX_DOWN_S, _DOWN_S * 2.0 ** (self._refusals[i] - 1))
@@ -174,6 +186,29 @@ class _HttpTeacher(Teacher):
     def parse(self, body: dict[str, Any]) -> Completion:
         """The completion in a successful answer's body."""
         raise NotImplementedError
+
+    # Batch mode (`batch.BatchClient`): the same wire format, key, retries and backoff as the
+    # live requests, on the one API root a batch goes to.
+
+    @property
+    def batch_url(self) -> str:
+        """The API root batches are sent to and read from: the one `--base-url`, or the
+        provider's. A fleet is refused (`check_batch_urls`), never cut to its first server."""
+        check_batch_urls(self.cfg, batch=True)
+        return self.fleet.urls[0]
+
+    @property
+    def batch_endpoint(self) -> str:
+        """The live endpoint each batched request stands for, below the API root."""
+        return self.path
+
+    def batch_request(self, prompt: str) -> dict[str, Any]:
+        """The body of one batched request: the live request's, unchanged."""
+        return self.payload(prompt)
+
+    def parse_batch_result(self, body: dict[str, Any]) -> Completion:
+        """The completion in one batched answer's body (the live answer's format)."""
+        return self.parse(body)
 
     async def call(self, method: str, url: str, **kwargs: Any) -> bytes:
         """One API call besides completions (the batch endpoints), with the same key, retries
@@ -243,13 +278,14 @@ class _HttpTeacher(Teacher):
         charged = await self.limiter.acquire(estimate) if self.limiter.active else 0
         url = self.fleet.urls[server] + self.path
         self.stats["attempts"] += 1
-        self.fleet.in_flight[server] += 1
-        self.fleet.sent[server] += 1
         try:
-            async with self._session.post(url, json=payload, headers=self._request_headers) as r:
-                text = (await r.read()).decode("utf-8", errors="replace")  # JSON is UTF-8
-                self.limiter.observe(r.headers)
-                status, headers = r.status, r.headers
+            with self.fleet.sending(server):
+                async with self._session.post(
+                    url, json=payload, headers=self._request_headers
+                ) as r:
+                    text = (await r.read()).decode("utf-8", errors="replace")  # JSON is UTF-8
+                    self.limiter.observe(r.headers)
+                    status, headers = r.status, r.headers
         except aiohttp.ClientConnectorError as err:
             self.fleet.refused(server)
             reason = f"cannot connect to {self.fleet.urls[server]} ({type(err).__name__})"
@@ -257,8 +293,6 @@ class _HttpTeacher(Teacher):
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             reason = type(err).__name__ + (f": {err}" if str(err) else "")
             return None, redact(reason, self._key), None, False
-        finally:
-            self.fleet.in_flight[server] -= 1
         self.fleet.answered(server)
         if status == 200:
             try:

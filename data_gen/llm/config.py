@@ -163,3 +163,18 @@ class TeacherConfig:
         out = dataclasses.asdict(self)
         out["base_urls"] = list(self.base_urls)
         return out
+
+
+def check_batch_urls(cfg: TeacherConfig, *, batch: bool | None = None) -> None:
+    """Refuse batch mode with several `--base-url`s: a provider batch is uploaded to, polled at
+    and read from one API root, so it cannot be spread over a fleet, and using the first server
+    alone would silently drop the rest. Pure (a value check); `batch` defaults to `cfg.batch`,
+    so this is a no-op for a live config. `TeacherConfig` refuses such a config when built (same
+    message); this runs again when batches start (the HTTP clients' `batch_url`), so a config
+    made any other way cannot slip through."""
+    batch = cfg.batch if batch is None else batch
+    if batch and len(cfg.base_urls) > 1:
+        raise ValueError(
+            "`--batch` talks to one provider endpoint: give at most one `--base-url` "
+            f"(got {len(cfg.base_urls)})"
+        )
