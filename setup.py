@@ -20,7 +20,7 @@ setup(
     include_package_data=True,
     package_data={
         "nif_lightning.evaluation": ["data/*.jsonl"],
-        "nif_lightning": ["model_shapes/*.json"],
+        "nif_lightning": ["model_shapes/*.json", "configs/*.yaml"],
     },
     # GPU users install their own CUDA build of torch first; `pip install torch==2.13.0`
     # gives the CPU build used by CI.

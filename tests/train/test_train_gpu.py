@@ -27,7 +27,7 @@ def test_deepspeed_fp16_trains_and_exports(tmp_path, stage):
     labels[:, :16] = -100
     batch = {
         "inputs": {"input_ids": ids, "labels": labels},
-        "stats": {"tokens": 128, "slots": 128, "samples": 4, "loss_tokens": 64},
+        "stats": {"tokens": 128, "slots": 128, "examples": 4, "loss_tokens": 64},
     }
     loader = torch.utils.data.DataLoader([batch] * 8, batch_size=None)
     module = NifLoraModule(str(tiny), optim=OptimConfig(lr=1e-3), dtype="float16")

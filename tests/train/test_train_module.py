@@ -31,7 +31,7 @@ def _batches(n: int, seed: int = 0):
                 "stats": {
                     "tokens": ids.numel(),
                     "slots": ids.numel(),
-                    "samples": 4,
+                    "examples": 4,
                     "loss_tokens": int((labels != -100).sum()),
                 },
             }
