@@ -3,7 +3,8 @@
 The pipeline calls `complete()` from `--concurrency` asyncio workers, one prompt each. Generating
 them one by one would leave a GPU mostly idle, so the calls are gathered into batches of up to
 `--concurrency` prompts and generated together. Batched generation needs *left* padding: new
-tokens are appended on the right, and with right padding they would follow pad tokens. The
+tokens are appended on the right, and with right padding they would follow pad tokens (loading,
+dtype/device policy and batched decoding are `data_gen.llm.local`'s, shared with `nif eval`). The
 model runs in a worker thread so the event loop stays free to write shards and time out nothing.
 
 Greedy at temperature 0 (the paper's setting); sampling otherwise.
@@ -17,6 +18,7 @@ from typing import Any
 from data_gen.llm.client import Completion, Teacher
 from data_gen.llm.config import TeacherConfig
 from data_gen.llm.errors import RequestFailed
+from data_gen.llm.local import generate_batched, load_causal_lm
 
 # How long the batcher waits for more prompts after the first: long enough for the other
 # workers (woken by the previous batch's results) to queue theirs, short next to a generate().
@@ -46,23 +48,11 @@ class HFTeacher(Teacher):
             self._worker = None
 
     def _load(self):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        # dtype and device "auto": the policy of data_gen.llm.local (half precision on GPUs).
         try:
-            tok = AutoTokenizer.from_pretrained(self.cfg.model)
-            cuda = torch.cuda.is_available()
-            model = AutoModelForCausalLM.from_pretrained(
-                self.cfg.model, dtype=torch.bfloat16 if cuda else torch.float32
-            )
+            return load_causal_lm(self.cfg.model)
         except (OSError, ValueError) as err:
             raise ValueError(f"`--model {self.cfg.model}`: cannot load it: {err}") from err
-        tok.padding_side = "left"
-        tok.truncation_side = "left"  # an over-long prompt keeps its end, which is continued
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
-        model.to("cuda" if cuda else "cpu").eval()
-        return model, tok
 
     async def complete(self, prompt: str, *, reference: str | None = None) -> Completion:
         if self._queue is None:
@@ -91,42 +81,17 @@ class HFTeacher(Teacher):
                     fut.set_result(result)
 
     def generate_batch(self, prompts: list[str]) -> list[Completion]:
-        """Continue `prompts` together (left-padded); one Completion per prompt."""
-        import torch
-
-        tok, model = self._tok, self._model
-        room = getattr(model.config, "max_position_embeddings", None)
-        max_len = max(1, room - self.cfg.max_tokens) if room else None
-        enc = tok(
+        """Continue `prompts` together (left-padded, an over-long prompt keeping its end, which
+        is continued); one Completion per prompt."""
+        gens = generate_batched(
+            self._model,
+            self._tok,
             prompts,
-            return_tensors="pt",
-            padding=True,
-            truncation=max_len is not None,
-            max_length=max_len,
-        ).to(model.device)
-        sampling = self.cfg.temperature > 0
-        extra = {"temperature": self.cfg.temperature} if sampling else {}
-        with torch.no_grad():
-            out = model.generate(  # (B, T_prompt + new)
-                **enc,
-                max_new_tokens=self.cfg.max_tokens,
-                do_sample=sampling,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-                **extra,
-            )
-        new = out[:, enc["input_ids"].shape[1] :].tolist()  # (B, new)
-        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()  # (B,)
-        results = []
-        for row, n_prompt in zip(new, prompt_lens, strict=True):
-            stopped = tok.eos_token_id in row
-            ids = row[: row.index(tok.eos_token_id)] if stopped else row
-            results.append(
-                Completion(
-                    tok.decode(ids, skip_special_tokens=True),
-                    "stop" if stopped else "length",
-                    int(n_prompt),
-                    len(ids),
-                )
-            )
-        return results
+            max_new_tokens=self.cfg.max_tokens,
+            batch_size=len(prompts),
+            temperature=self.cfg.temperature,
+        )
+        return [
+            Completion(g.text, "stop" if g.stopped else "length", g.prompt_tokens, g.new_tokens)
+            for g in gens
+        ]
