@@ -210,7 +210,7 @@ def estimate(cfg: GenConfig, *, progress: bool = True) -> Estimate:
     )
 
 
-class _Run:
+class _Bookkeeper:
     """One run's bookkeeping: rows to the shard writer, failures to failures.jsonl, counts."""
 
     def __init__(self, out: Path, cfg: GenConfig, stats: GenStats, bar) -> None:
@@ -269,7 +269,9 @@ async def _generate(
         skipped=dict(skipped),
     )
     _write_manifest(out, cfg, stats, status="running")
-    run = _Run(out, cfg, stats, _progress_bar(len(todo), stats.already_done, enabled=progress))
+    run = _Bookkeeper(
+        out, cfg, stats, _progress_bar(len(todo), stats.already_done, enabled=progress)
+    )
     try:
         async with make_teacher(cfg.teacher) as teacher:
             if cfg.teacher.batch:
@@ -289,7 +291,7 @@ async def _generate(
     return stats
 
 
-async def _send_live(teacher, todo: list[Example], run: _Run, concurrency: int) -> None:
+async def _send_live(teacher, todo: list[Example], run: _Bookkeeper, concurrency: int) -> None:
     """`concurrency` workers, one request each at a time, until every document is asked or a
     stop."""
     stats = run.stats
@@ -318,7 +320,7 @@ async def _send_live(teacher, todo: list[Example], run: _Run, concurrency: int) 
         stats.stopped = f"{type(stop).__name__}: {stop}"
 
 
-async def _send_batches(teacher, out: Path, todo: list[Example], run: _Run) -> None:
+async def _send_batches(teacher, out: Path, todo: list[Example], run: _Bookkeeper) -> None:
     """Documents through the provider's batch API (`batch.py`), answers into the shards."""
     by_id = {ex.id: ex for ex in todo}
     try:
@@ -348,7 +350,7 @@ def _write_manifest(out: Path, cfg: GenConfig, stats: GenStats, *, status: str) 
         {
             "status": status,
             "config": cfg.public_dict(),
-            "teacher": make_teacher_name(cfg.teacher),
+            "teacher": teacher_label(cfg.teacher),
             "counts": {
                 "sampled": stats.sampled,
                 "done": stats.done,
@@ -365,7 +367,7 @@ def _write_manifest(out: Path, cfg: GenConfig, stats: GenStats, *, status: str) 
     )
 
 
-def make_teacher_name(cfg: TeacherConfig) -> str:
+def teacher_label(cfg: TeacherConfig) -> str:
     return cfg.kind if cfg.kind == "original" else f"{cfg.kind}:{cfg.model}"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_gen.llm.local import Generation, generate_batched, load_causal_lm
+from data_gen.llm.local import Generation, generate_batched, load_for_generation
 from data_gen.store import write_json_atomic
 from nif_lightning.config import PreviewConfig
 
@@ -25,7 +25,7 @@ def greedy_replies(
     and a handful of prompts is not worth batching."""
     import torch
 
-    model, tok = load_causal_lm(model_dir)
+    model, tok = load_for_generation(model_dir)
     # The vanilla template: the prompt's tokens, no BOS.
     replies = generate_batched(
         model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=1, add_special_tokens=False

@@ -108,7 +108,7 @@ class BatchClient(Protocol):
         ...
 
 
-class _Api:
+class _BatchApi:
     """One provider's batch endpoints, spoken through a live client's session and headers."""
 
     def __init__(self, client: BatchClient) -> None:
@@ -125,7 +125,7 @@ class _Api:
     # results(batch object) -> [(custom_id, Completion | None, error | None)].
 
 
-class OpenAIBatches(_Api):
+class OpenAIBatches(_BatchApi):
     """Upload a JSONL file of requests, create a batch on it, read its output and error files."""
 
     async def submit(self, lines: list[tuple[str, dict[str, Any]]]) -> str:
@@ -184,7 +184,7 @@ class OpenAIBatches(_Api):
             return cid, None, "malformed response body"
 
 
-class AnthropicBatches(_Api):
+class AnthropicBatches(_BatchApi):
     """Message Batches: one JSON request with every message, results as JSONL."""
 
     async def submit(self, lines: list[tuple[str, dict[str, Any]]]) -> str:
@@ -224,7 +224,7 @@ def _jsonl(raw: bytes) -> list[dict[str, Any]]:
     return parse_jsonl(raw.decode("utf-8", errors="replace"))
 
 
-def batch_api(client: BatchClient) -> _Api:
+def batch_api(client: BatchClient) -> _BatchApi:
     """The provider's batch API for `client`; refuses a client without one, or with a fleet."""
     if not isinstance(client, BatchClient):
         raise TypeError(f"{client!r} has no batch API (`--batch` needs one of the HTTP clients)")

@@ -115,11 +115,7 @@ class TeacherConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        if self.batch and len(self.base_urls) > 1:
-            raise ValueError(
-                "`--batch` talks to one provider endpoint: give at most one `--base-url` "
-                f"(got {len(self.base_urls)})"
-            )
+        check_batch_urls(self)
 
     def check_inputs(self) -> list[str]:
         """The key's variable is set where one is needed (read now, never stored)."""

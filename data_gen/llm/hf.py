@@ -18,7 +18,7 @@ from typing import Any
 from data_gen.llm.client import Completion, Teacher
 from data_gen.llm.config import TeacherConfig
 from data_gen.llm.errors import RequestFailed
-from data_gen.llm.local import generate_batched, load_causal_lm
+from data_gen.llm.local import generate_batched, load_for_generation
 
 # How long the batcher waits for more prompts after the first: long enough for the other
 # workers (woken by the previous batch's results) to queue theirs, short next to a generate().
@@ -50,7 +50,7 @@ class HFTeacher(Teacher):
     def _load(self):
         # dtype and device "auto": the policy of data_gen.llm.local (half precision on GPUs).
         try:
-            return load_causal_lm(self.cfg.model)
+            return load_for_generation(self.cfg.model)
         except (OSError, ValueError) as err:
             raise ValueError(f"`--model {self.cfg.model}`: cannot load it: {err}") from err
 

@@ -83,7 +83,7 @@ def resolve_dtype(name: str, device: str):
     return torch.float32
 
 
-def load_causal_lm(path: str | Path, *, dtype: str = "auto", device: str = "auto"):
+def load_for_generation(path: str | Path, *, dtype: str = "auto", device: str = "auto"):
     """(model, tokenizer) from a model folder or hub id: the model in eval mode on `device`,
     the tokenizer padding and truncating on the left, with a pad token (EOS if it has none)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -117,7 +117,7 @@ def generate_batched(
 ) -> list[Generation]:
     """Continue each prompt, `batch_size` at a time; greedy at temperature 0, sampled above.
 
-    `tokenizer` must pad on the left (as `load_causal_lm` sets it). `add_special_tokens=False`
+    `tokenizer` must pad on the left (as `load_for_generation` sets it). `add_special_tokens=False`
     for prompts that already hold them (a chat template's output) or that the model was trained
     to see without them (the vanilla template: no BOS). `progress` is called with each finished
     batch's size (`tqdm.update` fits)."""
@@ -126,7 +126,9 @@ def generate_batched(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if tokenizer.padding_side != "left" or tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer must pad on the left with a pad token (load_causal_lm)")
+        raise ValueError(
+            "the tokenizer must pad on the left with a pad token (load_for_generation)"
+        )
     out: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]

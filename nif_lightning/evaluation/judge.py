@@ -124,7 +124,6 @@ def _read_cache(path: Path) -> dict[str, dict]:
 async def _ask_all(cfg, jobs: dict[str, tuple[str, str]], cache_path: Path, parse) -> dict:
     """`jobs`: label -> (kind, prompt). Returns label -> cached record (absent = unjudged)."""
     from data_gen.llm import RunStopped, fan_out, make_teacher
-    from nif_lightning.evaluation.generate import open_for_append
 
     cfg = _judge_cfg(cfg)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +131,7 @@ async def _ask_all(cfg, jobs: dict[str, tuple[str, str]], cache_path: Path, pars
     async with make_teacher(cfg) as judge:
         keys = {label: _key(judge.name, prompt) for label, (_, prompt) in jobs.items()}
         todo = [label for label in jobs if keys[label] not in cached]
-        with open_for_append(cache_path) as cache:
+        with JsonlCache(cache_path).open_for_append() as cache:
 
             def keep(label: str, reply) -> None:
                 rec = {
@@ -143,8 +142,7 @@ async def _ask_all(cfg, jobs: dict[str, tuple[str, str]], cache_path: Path, pars
                     "reply": reply.text[-2000:],  # the end holds the verdict
                 }
                 cached[rec["key"]] = rec
-                cache.write(json.dumps(rec) + "\n")
-                cache.flush()
+                cache.append(rec)
 
             # A failed question stays unjudged (on_error's default): the next run asks again.
             stop = await fan_out(
@@ -292,9 +290,9 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
 
 
 def load_answers(path: str | Path) -> dict[str, list[str]]:
-    """Answers cached by `generate.generate_answers` (id -> one answer per turn), e.g. a
+    """Answers cached by `answers.generate_answers` (id -> one answer per turn), e.g. a
     baseline model's `answers.jsonl`."""
-    from nif_lightning.evaluation.generate import read_cache
+    from nif_lightning.evaluation.answers import read_cache
 
     path = Path(path)
     if not path.is_file():

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.store import write_json_atomic
+from nif_lightning.evaluation.answers import resolve_template
 from nif_lightning.evaluation.config import EvalConfig, GenerateConfig
-from nif_lightning.evaluation.generate import resolve_template
 
 
 def _update_results(out: Path, cfg: EvalConfig, suite: str, result: dict[str, Any]) -> None:
@@ -80,7 +80,7 @@ def _ifeval(cfg: EvalConfig, gen: GenerateConfig, out: Path) -> dict[str, Any]:
 
         result = _lm_eval(cfg, gen, gen.model, IFEVAL_TASK)["tasks"]["ifeval"]
         return {"backend": "lm-eval", **{k: v for k, v in result.items() if k != "column"}}
-    from nif_lightning.evaluation.generate import generate_answers
+    from nif_lightning.evaluation.answers import generate_answers
     from nif_lightning.evaluation.ifeval import load_prompts, score
 
     prompts = load_prompts(cfg.ifeval_prompts)
@@ -116,7 +116,7 @@ def _oll(cfg: EvalConfig, gen: GenerateConfig, model: str) -> dict[str, Any]:
 
 
 def _judge(cfg: EvalConfig, gen: GenerateConfig, out: Path) -> dict[str, Any]:
-    from nif_lightning.evaluation.generate import generate_answers
+    from nif_lightning.evaluation.answers import generate_answers
     from nif_lightning.evaluation.judge import grade_single, load_answers, load_questions, pairwise
 
     questions = load_questions(cfg.questions)

@@ -8,13 +8,13 @@ import pytest
 
 from fake_provider import FakeTeacherServer
 from nif_lightning.cli import main
-from nif_lightning.evaluation import DATA_DIR, generate
-from nif_lightning.evaluation.generate import (
-    GenerateConfig,
+from nif_lightning.evaluation import DATA_DIR, answers
+from nif_lightning.evaluation.answers import (
     format_prompt,
     generate_answers,
     read_cache,
 )
+from nif_lightning.evaluation.config import GenerateConfig
 
 
 def _judge(prompt: str) -> str:
@@ -67,7 +67,7 @@ def test_eval_end_to_end_and_rerun(tiny, tmp_path, monkeypatch, capsys):
     def no_model(cfg):
         raise AssertionError("the model was loaded although every answer is cached")
 
-    monkeypatch.setattr(generate, "_Model", no_model)
+    monkeypatch.setattr(answers, "_Model", no_model)
     baseline = str(out / "answers.jsonl")
     with FakeTeacherServer(reply_fn=_judge) as server:
         args = _args(tiny, out, server.url, "--name", "base", "--baseline-answers", baseline)
@@ -93,13 +93,13 @@ def test_generation_resumes_after_kill(tiny, tmp_path, monkeypatch):
     lines = (tmp_path / "full.jsonl").read_text().splitlines()
     (tmp_path / "cut.jsonl").write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:9])
     asked = []
-    real = generate._Model.generate
+    real = answers._Model.generate
 
     def counting(self, prompts, cfg):
         asked.extend(prompts)
         return real(self, prompts, cfg)
 
-    monkeypatch.setattr(generate._Model, "generate", counting)
+    monkeypatch.setattr(answers._Model, "generate", counting)
     resumed = generate_answers(cfg, questions, tmp_path / "cut.jsonl")
     assert len(asked) == 2  # question c's turn 1 and question a's turn 2, nothing else
     assert resumed == full  # greedy: the same answers as the uninterrupted run
@@ -114,7 +114,7 @@ def test_templates(tiny):
     assert format_prompt("vanilla", ["Q1", "Q2"], ["A1"]) == "Q1\n\nA1\n\nQ2\n\n"
     with pytest.raises(ValueError, match="`--template chat`: this tokenizer has no chat"):
         format_prompt("chat", ["Q"], [], AutoTokenizer.from_pretrained(tiny))
-    assert generate._clean("one_shot", " Sure.\n### Human: more") == "Sure."
+    assert answers._clean("one_shot", " Sure.\n### Human: more") == "Sure."
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from data_gen.llm import local
 from data_gen.llm.local import (
     generate_batched,
     greedy_generate,
-    load_causal_lm,
+    load_for_generation,
     resolve_device,
     resolve_dtype,
 )
@@ -28,7 +28,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def loaded(tiny):
-    return load_causal_lm(tiny)
+    return load_for_generation(tiny)
 
 
 def _alone(model, tok, prompt: str, max_new: int) -> list[int]:
@@ -78,7 +78,7 @@ def test_progress_hears_each_batch(loaded):
 def test_stops_at_the_generation_configs_eos_too(tiny):
     """A chat model may end its turn with a token that is not the tokenizer's EOS but is in its
     generation config: that stops the reply as well, and is not part of the text."""
-    model, tok = load_causal_lm(tiny)
+    model, tok = load_for_generation(tiny)
     end_of_turn = 300  # any id but the tokenizer's EOS
     assert end_of_turn != tok.eos_token_id
     with torch.no_grad():  # end_of_turn is the argmax everywhere
@@ -92,7 +92,7 @@ def test_stops_at_the_generation_configs_eos_too(tiny):
 
 
 def test_a_prompt_too_long_for_the_context_keeps_its_end(tiny):
-    model, tok = load_causal_lm(tiny)
+    model, tok = load_for_generation(tiny)
     model.config.max_position_embeddings = 8  # room for 8 - 3 = 5 prompt tokens
     long = PROMPTS[3]
     (gen,) = generate_batched(model, tok, [long], max_new_tokens=3)
@@ -172,14 +172,14 @@ def test_bad_names_are_a_clear_error(call, value):
 def test_load_checks_the_names_before_reading_anything(tmp_path):
     missing = tmp_path / "no-model"
     with pytest.raises(ValueError, match="dtype must be one of auto|float32.*'half'"):
-        load_causal_lm(missing, dtype="half")
+        load_for_generation(missing, dtype="half")
     with pytest.raises(ValueError, match="device must be one of auto|cpu|cuda.*'tpu'"):
-        load_causal_lm(missing, device="tpu")
+        load_for_generation(missing, device="tpu")
 
 
 @pytest.mark.gpu
 def test_auto_on_a_gpu_is_half_precision_on_cuda(tiny):
-    model, tok = load_causal_lm(tiny)
+    model, tok = load_for_generation(tiny)
     half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     assert (model.dtype, model.device.type) == (half, "cuda")
     (text,) = greedy_generate(model, tok, ["The"], max_new_tokens=4)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_gen.llm.local import greedy_generate, load_causal_lm
+from data_gen.llm.local import greedy_generate, load_for_generation
 from data_gen.store import JsonlCache
 from nif_lightning.evaluation.config import TEMPLATES, GenerateConfig
 
@@ -82,13 +82,6 @@ def _clean(template: str, text: str) -> str:
     return text.strip()
 
 
-def open_for_append(path: Path):
-    """The cache as a text file in append mode, its cut last line ended: for a caller that
-    writes its own lines (the judge's pool); others use `JsonlCache.open_for_append`."""
-    JsonlCache(path).open_for_append().close()
-    return path.open("a", encoding="utf-8")
-
-
 def read_cache(path: Path) -> dict[tuple[str, int], str]:
     """(id, turn) -> answer, from the answer cache; a line cut short by a kill is ignored."""
     return {(str(r["id"]), int(r["turn"])): r["answer"] for r in JsonlCache(path).read()}
@@ -98,7 +91,9 @@ class _Model:
     """The model and tokenizer, loaded on first use (a fully cached run never loads them)."""
 
     def __init__(self, cfg: GenerateConfig) -> None:
-        self.model, self.tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        self.model, self.tokenizer = load_for_generation(
+            cfg.model, dtype=cfg.dtype, device=cfg.device
+        )
 
     def generate(self, prompts: list[str], cfg: GenerateConfig) -> list[str]:
         # The chat template writes its own special tokens; vanilla training used no BOS.
