@@ -123,7 +123,7 @@ def _train(args: argparse.Namespace) -> int:
     from nif_lightning.config import TrainConfig, check_train_inputs, load_config
 
     cfg = load_config(args.config, dotted_given(args, TrainConfig))
-    problems = check_train_inputs(cfg)
+    problems = check_train_inputs(cfg, flags=True)
     out = Path(cfg.out)
     if args.resume and not (out / "checkpoints" / "last.ckpt").exists():  # DeepSpeed: a folder
         problems.append(f"`--resume`: no {out / 'checkpoints' / 'last.ckpt'}")

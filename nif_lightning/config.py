@@ -454,8 +454,11 @@ def validate_run(cfg: RunConfig, *, source: str = "config") -> None:
         raise ConfigError(problems, source)
 
 
-def check_train_inputs(cfg: TrainConfig, *, data_written_later: bool = False) -> list[str]:
-    """The model is reachable and the data folder holds shards (unless a stage writes it)."""
+def check_train_inputs(
+    cfg: TrainConfig, *, data_written_later: bool = False, flags: bool = False
+) -> list[str]:
+    """The model is reachable and the data folder holds shards (unless a stage writes it).
+    `flags`: name the `nif train` flags beside the keys."""
     from nif_lightning.hub import check_model
 
     problems = []
@@ -464,7 +467,7 @@ def check_train_inputs(cfg: TrainConfig, *, data_written_later: bool = False) ->
     elif not (cfg.model.tiny and not (Path(cfg.model.path) / "config.json").is_file()):
         # (a tiny model that is not there, or half written by a killed run, training writes)
         try:
-            check_model(cfg.model.path, what="`model.path` (`--model`)")
+            check_model(cfg.model.path, what="`model.path`" + (" (`--model`)" if flags else ""))
         except (ValueError, FileNotFoundError) as err:
             problems.append(str(err))
     if not data_written_later:
@@ -474,7 +477,9 @@ def check_train_inputs(cfg: TrainConfig, *, data_written_later: bool = False) ->
             problems.append("no data: pass `--data` or set `data.dir`")
         else:
             try:
-                check_dataset_dir(cfg.data.dir, what="`data.dir` (`--data`)")
+                check_dataset_dir(
+                    cfg.data.dir, what="`data.dir`" + (" (`--data`)" if flags else "")
+                )
             except (ValueError, FileNotFoundError) as err:
                 problems.append(str(err))
     return problems

@@ -73,10 +73,6 @@ class LMEvalConfig:
         for task, (shots, _, _) in self.tasks.items():
             if shots < 0:
                 raise ValueError(f"task {task!r}: the number of shots must be >= 0")
-        if self.include_path is not None and not Path(self.include_path).is_dir():
-            raise ValueError(f"`--include-path` {self.include_path!r} is not a folder")
-        if self.hf_cache is not None and not Path(self.hf_cache).is_dir():
-            raise ValueError(f"`--hf-cache` {self.hf_cache!r} is not a folder")
         if self.batch_size < 1:
             raise ValueError("`--batch-size` must be >= 1")
         if self.limit is not None and self.limit < 1:
@@ -107,6 +103,9 @@ def _offline(hf_cache: str) -> None:
 def run_lm_eval(cfg: LMEvalConfig, *, log_samples: bool = False) -> dict[str, Any]:
     """Run every task with its own shot count; returns the scores (in %) by task, their mean,
     and (with `log_samples`) lm-eval's per-document records."""
+    for flag, folder in (("--include-path", cfg.include_path), ("--hf-cache", cfg.hf_cache)):
+        if folder is not None and not Path(folder).is_dir():
+            raise ValueError(f"`{flag}` {folder!r} is not a folder")
     if cfg.hf_cache:
         _offline(cfg.hf_cache)
     lm_eval = _import_lm_eval()
