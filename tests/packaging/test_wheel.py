@@ -41,3 +41,7 @@ def test_wheel_ships_kernels_under_nif_lightning_and_no_fake_provider(tmp_path):
         n for n, text in sources.items() if "aiohttp import web" in text or "aiohttp.web" in text
     ]
     assert servers == []  # aiohttp is a client dependency only
+    # `nif run` with no argument runs the quickstart shipped inside the package.
+    quickstart = "nif_lightning/configs/quickstart.yaml"
+    assert quickstart in names
+    assert wheel.read(quickstart) == (REPO / quickstart).read_bytes()
