@@ -320,7 +320,6 @@ def build(
     *,
     source: str = "config",
     path: str = "",
-    flat: bool = False,
     name: Callable[[Option], str] | None = None,
 ) -> Any:
     """`cls` from `raw`, or one `ConfigError` listing every problem.
@@ -330,7 +329,7 @@ def build(
     key paths in messages (`gen.num_docs`); `name` names an option in messages instead (flags).
     """
     problems: list[str] = []
-    obj = _build(cls, raw, path, problems, name=name, defaults=None, only=None)
+    obj = _build(cls, raw, path, problems, name=name)
     if problems:
         raise ConfigError(problems, source)
     return obj
@@ -340,14 +339,14 @@ def _label(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _build(cls: type, raw: Any, path: str, problems: list[str], *, name, defaults, only) -> Any:
+def _build(cls: type, raw: Any, path: str, problems: list[str], *, name) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         problems.append(f"`{path or 'top level'}` must be a mapping, got {raw!r}")
         return None
     raw = dict(raw)
-    flat = list(options(cls, defaults=defaults, only=only))
+    flat = list(options(cls))
     by_key = {o.key: o for o in flat}
     nested = dict(sections(cls))
     unknown = sorted(str(k) for k in raw if k not in by_key and k not in nested)
@@ -370,18 +369,11 @@ def _build(cls: type, raw: Any, path: str, problems: list[str], *, name, default
     kwargs: dict[str, Any] = {}
     for field_name, sub in nested.items():
         kwargs[field_name] = _build(
-            sub,
-            raw.get(field_name),
-            _label(path, field_name),
-            problems,
-            name=None,
-            defaults=None,
-            only=None,
+            sub, raw.get(field_name), _label(path, field_name), problems, name=None
         )
     if len(problems) > before:
-        return None
-    obj = _construct(cls, values, (), path, problems, defaults, only, kwargs)
-    return obj
+        return None  # typed values first; the class's own checks need them all
+    return _construct(cls, values, (), path, problems, None, None, kwargs)
 
 
 def _construct(cls, values, here, path, problems, defaults, only, extra=None):
