@@ -98,8 +98,8 @@ def _gen(args: argparse.Namespace) -> int:
     from data_gen.config import GenConfig
     from data_gen.generate import estimate, generate
 
-    cfg = from_args(GenConfig, args, source="nif gen")
-    validate(cfg, source="nif gen")
+    cfg = from_args(GenConfig, args)
+    validate(cfg, source="")
     try:
         if cfg.dry_run:
             print_estimate(cfg, estimate(cfg, progress=not cfg.quiet))
@@ -165,8 +165,8 @@ def _filter(args: argparse.Namespace) -> int:
     from data_gen.config import FilterConfig
     from data_gen.filter import run_filter
 
-    cfg = from_args(FilterConfig, args, source="nif filter")
-    validate(cfg, source="nif filter")
+    cfg = from_args(FilterConfig, args)
+    validate(cfg, source="")
     try:
         report = run_filter(cfg, progress=not cfg.quiet)
     except (FileNotFoundError, ValueError) as err:

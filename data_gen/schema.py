@@ -403,7 +403,9 @@ def _construct(cls, values, here, path, problems, defaults, only, extra=None):
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
-        problems.append(f"`{path}`: {err}" if path else str(err))
+        text = str(err)
+        named = not path or text.startswith(f"`{path}.")  # the message names its key already
+        problems.append(text if named else f"`{path}`: {text}")
         return None
 
 
