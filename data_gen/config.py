@@ -100,12 +100,14 @@ class GenConfig:
 
     def check_inputs(self) -> list[str]:
         from data_gen.corpus import check_source
+        from data_gen.store import folder_problem
 
+        problems = [p for p in [folder_problem(self.out, what="`--out`")] if p]
         try:
             check_source(self.corpus)
         except (ValueError, FileNotFoundError) as err:
-            return [str(err)]
-        return []
+            problems.append(str(err))
+        return problems
 
     def public_dict(self) -> dict[str, Any]:
         """The configuration as manifest.json records it (no secrets, no presentation)."""
@@ -157,8 +159,11 @@ class FilterConfig:
         return not self.keep_conversational
 
     def check_inputs(self) -> list[str]:
-        from data_gen.store import check_dataset_dir
+        from data_gen.store import check_dataset_dir, folder_problem
 
+        problem = folder_problem(self.out, what="`--out`")
+        if problem:
+            return [problem]
         try:  # the uppercase rule reads each row's true continuation too
             check_dataset_dir(
                 self.src, what="DIR", columns=("id", "prompt", "completion", "reference")

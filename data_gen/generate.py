@@ -48,6 +48,7 @@ from data_gen.store import (
     config_diff,
     config_value,
     fingerprint,
+    read_json_object,
     read_shard,
     write_json_atomic,
     write_table_atomic,
@@ -140,7 +141,7 @@ def check_resume(out: Path, cfg: GenConfig) -> None:
     manifest = out / "manifest.json"
     if not manifest.is_file():
         return
-    old = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
+    old = read_json_object(manifest, what="`--out` manifest").get("config", {})
     old, new = fingerprint(old, OPERATIONAL), fingerprint(cfg.public_dict(), OPERATIONAL)
     diffs = [
         f"{key}: {config_value(old, key)!r} -> {config_value(new, key)!r}"

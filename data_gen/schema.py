@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import functools
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -291,14 +293,15 @@ def coerce(value: Any, tp: Any) -> Any:
                 pass
         raise _Bad(f"expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # `5e-3`: PyYAML reads it as a string
-            except ValueError:
-                pass
-        raise _Bad(f"expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)  # `5e-3`: PyYAML reads it as a string
+        if number is not None and math.isfinite(number):
+            return number
+        raise _Bad(f"expected a finite number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value

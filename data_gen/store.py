@@ -271,3 +271,33 @@ def _diff(old: Any, new: Any, prefix: str) -> list[str]:
         keys = sorted(set(old) | set(new))
         return [d for k in keys for d in _diff(old.get(k), new.get(k), f"{prefix}{k}.")]
     return [prefix.rstrip(".") or "value"] if old != new else []
+
+
+# --------------------------------------------------------------------------- state files
+
+
+def read_json_object(path: str | Path, *, what: str) -> dict[str, Any]:
+    """A JSON object this project wrote (manifest, run state, results), or a one-line error
+    naming the file and the fix when it is not one (edited by hand, cut by a full disk)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{what} {p} is not valid JSON ({type(err).__name__}); move it aside (or restore "
+            "it) and re-run"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{what} {p} holds a {type(data).__name__}, not the JSON object this tool writes; "
+            "move it aside (or restore it) and re-run"
+        )
+    return data
+
+
+def folder_problem(path: str | Path, *, what: str) -> str | None:
+    """Why `path` cannot be an output folder (it exists as a file), or None."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        return f"{what} {p} is a file, not a folder: give a folder path"
+    return None

@@ -33,8 +33,16 @@ typical flow:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming it and where help is, not the whole usage
+    (the usage of `nif gen` is 20 lines; the error would scroll away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nif",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -53,7 +53,13 @@ def register(subparsers) -> None:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
+    from data_gen.schema import ConfigError
+    from data_gen.store import folder_problem
     from nif_lightning.tiny_model import save_tiny_model
+
+    problem = folder_problem(args.out, what="`--out`")
+    if problem:
+        raise ConfigError([problem], source="")
 
     out = save_tiny_model(args.out, seed=args.seed)
     print(f"tiny model written to {out}")

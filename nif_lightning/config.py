@@ -301,7 +301,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError([f"not valid YAML: {err}"], source=str(p)) from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or "cannot be parsed"
+        raise ConfigError([f"not valid YAML{where}: {problem}"], source=str(p)) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -334,7 +337,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     A run config (with `gen`/`filter`/`preview`) is read as its training part."""
     raw = read_yaml(path) if path is not None else {}
     raw = {k: v for k, v in raw.items() if k not in RUN_SECTIONS}
-    return train_config(set_dotted(raw, overrides or {}), source=str(path or "config"))
+    return train_config(set_dotted(raw, overrides or {}), source=str(path or ""))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,9 +462,11 @@ def check_train_inputs(
 ) -> list[str]:
     """The model is reachable and the data folder holds shards (unless a stage writes it).
     `flags`: name the `nif train` flags beside the keys."""
+    from data_gen.store import folder_problem
     from nif_lightning.hub import check_model
 
-    problems = []
+    out = folder_problem(cfg.out, what="`out`" + (" (`--out`)" if flags else ""))
+    problems = [out] if out else []
     if not cfg.model.path:
         problems.append("no model: pass `--model` or set `model.path`")
     elif not (cfg.model.tiny and not (Path(cfg.model.path) / "config.json").is_file()):

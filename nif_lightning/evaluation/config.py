@@ -136,6 +136,10 @@ class EvalConfig:
             check_model(self.model, what="`MODEL_DIR`")
         except (ValueError, FileNotFoundError) as err:
             problems.append(str(err))
+        from data_gen.store import folder_problem
+
+        if self.out is not None and folder_problem(self.out, what="`--out`"):
+            problems.append(folder_problem(self.out, what="`--out`"))
         if self.out is None and not Path(self.model).is_dir():
             problems.append(f"`--out` is needed: {self.model!r} is not a local folder")
         if self.adapter is not None and not Path(self.adapter).is_dir():

@@ -25,7 +25,6 @@ settings (concurrency, rate limits, servers, ...) may change, exactly as for `ni
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 from data_gen.config import OPERATIONAL
 from data_gen.llm.errors import RunStopped
 from data_gen.schema import ConfigError, to_dict
-from data_gen.store import config_diff, fingerprint, write_json_atomic
+from data_gen.store import config_diff, fingerprint, read_json_object, write_json_atomic
 from nif_lightning.config import RunConfig, check_train_inputs, validate_run
 
 STAGES = ("gen", "filter", "train", "preview")
@@ -50,7 +49,7 @@ class RunState:
         self.path = run_dir / "run_state.json"
         self.stages: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
-            self.stages = json.loads(self.path.read_text(encoding="utf-8")).get("stages", {})
+            self.stages = read_json_object(self.path, what="run state").get("stages", {})
 
     def done(self, stage: str, fingerprint: dict[str, Any]) -> bool:
         entry = self.stages.get(stage)
