@@ -18,6 +18,11 @@ written leaves that batch unknown here, so its documents are sent again.
 Custom ids are `doc-<k>`, the position in the batch (providers restrict their characters);
 the record maps them back to document ids.
 
+Every batch call goes to that API root only, as the live requests do (`limits.py`): no
+redirect is followed, an Anthropic `results_url` on another origin is refused, each answer is
+read up to one answer's cap, and a results file up to `results_cap` = max(4 MiB,
+batch_size x 256 bytes x max_tokens); an answer far past max_tokens fails that document.
+
 The client is reached through `BatchClient` (the HTTP clients implement it). A batch lives at
 one API root, so batch mode refuses several `--base-url`s (`config.check_batch_urls`) instead
 of quietly using the first.
@@ -32,10 +37,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from data_gen.llm.client import Completion
+from data_gen.llm.client import Completion, join_url
 from data_gen.llm.config import TeacherConfig
 from data_gen.llm.errors import RequestFailed
-from data_gen.llm.retry import error_message
+from data_gen.llm.limits import BYTES_PER_TOKEN, check_same_origin, results_cap
+from data_gen.llm.retry import error_message, redact_url
 from data_gen.store import parse_jsonl, write_json_atomic
 
 
@@ -100,11 +106,13 @@ class BatchClient(Protocol):
         ...
 
     def parse_batch_result(self, body: dict[str, Any]) -> Completion:
-        """The completion in a successful answer's body; raises on a malformed one."""
+        """The completion in a successful answer's body; raises on a malformed one
+        (RequestFailed, with its reason, for one far past max_tokens)."""
         ...
 
     async def call(self, method: str, url: str, **kwargs: Any) -> bytes:
-        """One API call with the client's key and retries: a 2xx body, or RequestFailed."""
+        """One API call with the client's key and retries: a 2xx body, or RequestFailed.
+        Never follows a redirect; reads at most `cap=(bytes, why)` (default: one answer's)."""
         ...
 
 
@@ -115,11 +123,25 @@ class _BatchApi:
         self.client = client
         self.base = client.batch_url
 
+    def url(self, path: str) -> str:
+        """`path` below the API root (before any query the root carries)."""
+        return join_url(self.base, path)
+
+    async def download(self, url: str) -> bytes:
+        """A results file, read up to `results_cap` (a batch holds `batch_size` answers)."""
+        cfg = self.client.cfg
+        cap = results_cap(cfg.max_tokens, batch_size=cfg.batch_size)
+        why = (
+            f"the cap for batch results: batch_size {cfg.batch_size} answers of "
+            f"{BYTES_PER_TOKEN} bytes x max_tokens {cfg.max_tokens}, at least 4 MiB"
+        )
+        return await self.client.call("GET", url, cap=(cap, why))
+
     async def json(self, method: str, url: str, **kwargs) -> dict[str, Any]:
         try:
             return json.loads(await self.client.call(method, url, **kwargs))
         except ValueError:
-            raise RequestFailed(f"{method} {url}: the answer is not JSON") from None
+            raise RequestFailed(f"{method} {redact_url(url)}: the answer is not JSON") from None
 
     # Subclasses: submit(lines) -> batch id; poll(id) -> (status, ended, the batch object);
     # results(batch object) -> [(custom_id, Completion | None, error | None)].
@@ -143,16 +165,16 @@ class OpenAIBatches(_BatchApi):
             data.add_field("file", jsonl.encode("utf-8"), filename="nif-batch.jsonl")
             return data
 
-        upload = await self.json("POST", f"{self.base}/files", data=form)
+        upload = await self.json("POST", self.url("/files"), data=form)
         payload = {
             "input_file_id": upload["id"],
             "endpoint": endpoint,
             "completion_window": "24h",
         }
-        return str((await self.json("POST", f"{self.base}/batches", json=payload))["id"])
+        return str((await self.json("POST", self.url("/batches"), json=payload))["id"])
 
     async def poll(self, batch_id: str) -> tuple[str, bool, dict[str, Any]]:
-        batch = await self.json("GET", f"{self.base}/batches/{batch_id}")
+        batch = await self.json("GET", self.url(f"/batches/{batch_id}"))
         status = str(batch.get("status"))
         ended = status in ("completed", "failed", "expired", "cancelled")
         errors = (batch.get("errors") or {}).get("data") or []
@@ -167,7 +189,7 @@ class OpenAIBatches(_BatchApi):
         for key in ("output_file_id", "error_file_id"):
             if not batch.get(key):
                 continue
-            raw = await self.client.call("GET", f"{self.base}/files/{batch[key]}/content")
+            raw = await self.download(self.url(f"/files/{batch[key]}/content"))
             out += [self._result(rec) for rec in _jsonl(raw)]
         return out
 
@@ -180,6 +202,8 @@ class OpenAIBatches(_BatchApi):
             return cid, None, f"HTTP {response.get('status_code')}: {error_message(body)}"
         try:
             return cid, self.client.parse_batch_result(response["body"]), None
+        except RequestFailed as err:
+            return cid, None, str(err)
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             return cid, None, "malformed response body"
 
@@ -189,21 +213,20 @@ class AnthropicBatches(_BatchApi):
 
     async def submit(self, lines: list[tuple[str, dict[str, Any]]]) -> str:
         requests = [{"custom_id": cid, "params": body} for cid, body in lines]
-        batch = await self.json(
-            "POST", f"{self.base}/messages/batches", json={"requests": requests}
-        )
+        batch = await self.json("POST", self.url("/messages/batches"), json={"requests": requests})
         return str(batch["id"])
 
     async def poll(self, batch_id: str) -> tuple[str, bool, dict[str, Any]]:
-        batch = await self.json("GET", f"{self.base}/messages/batches/{batch_id}")
+        batch = await self.json("GET", self.url(f"/messages/batches/{batch_id}"))
         status = str(batch.get("processing_status"))
         return status, status == "ended", batch
 
     async def results(
         self, batch: dict[str, Any]
     ) -> list[tuple[str, Completion | None, str | None]]:
-        url = batch.get("results_url") or f"{self.base}/messages/batches/{batch['id']}/results"
-        return [self._result(rec) for rec in _jsonl(await self.client.call("GET", url))]
+        url = batch.get("results_url") or self.url(f"/messages/batches/{batch['id']}/results")
+        check_same_origin(url, self.base)  # the key goes to the base URL's host only
+        return [self._result(rec) for rec in _jsonl(await self.download(url))]
 
     def _result(self, rec: dict[str, Any]) -> tuple[str, Completion | None, str | None]:
         cid, result = str(rec.get("custom_id")), rec.get("result") or {}
@@ -211,6 +234,8 @@ class AnthropicBatches(_BatchApi):
         if kind == "succeeded":
             try:
                 return cid, self.client.parse_batch_result(result["message"]), None
+            except RequestFailed as err:
+                return cid, None, str(err)
             except (ValueError, KeyError, TypeError, IndexError, AttributeError):
                 return cid, None, "malformed response body"
         if kind == "errored":

@@ -24,9 +24,15 @@ Several `--base-url`s form a fleet: each request goes to the server with the few
 flight (ties in turn), a retry prefers another server, and a server that refuses connections is
 left alone for a while, so one dead vLLM box costs a few retries, not the run.
 
+What a server may send back is bounded (`limits.py`): redirects are never followed (a 3xx
+fails the request, naming where it pointed, so no key reaches another host), a body is read up
+to max(4 MiB, 256 bytes x max_tokens), a completion longer than 16 characters a token is a
+failure, and `timeout` covers the body too.
+
 API keys are read once, when the teacher is made, from the environment variable named by
 `--api-key-env`; the value is never logged, never put in an error message (APIs echo key prefixes
-back: those are masked too) and never in `public_dict()` or a repr.
+back: those are masked too) and never in `public_dict()` or a repr; nor are credentials
+written into a base URL (`http://user:pass@host`, `?key=...`: `retry.redact_url`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from typing import Any
 
 from data_gen.llm.config import TeacherConfig, check_batch_urls
 from data_gen.llm.errors import AuthFailed, RequestFailed, SpendLimitReached
+from data_gen.llm.limits import BYTES_PER_TOKEN, body_cap, read_capped, redirect_refused, too_long
 from data_gen.llm.ratelimit import RateLimiter
 from data_gen.llm.retry import (
     AUTH_STATUS,
@@ -51,6 +58,7 @@ from data_gen.llm.retry import (
     is_retryable,
     is_spend_limit,
     redact,
+    redact_url,
     retry_after_seconds,
 )
 
@@ -58,6 +66,12 @@ log = logging.getLogger(__name__)
 
 # A server that refused a connection is skipped this long (doubling per refusal, capped).
 _DOWN_S, _MAX_DOWN_S = 1.0, 30.0
+
+
+def join_url(root: str, path: str) -> str:
+    """`path` below the API root `root`, before any query the root carries (`?key=...`)."""
+    base, mark, query = root.partition("?")
+    return base.rstrip("/") + path + mark + query
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,10 @@ class _HttpTeacher(Teacher):
         # picked only when a slot is free, so the choice sees the fleet as it is now.
         self._slots = asyncio.Semaphore(cfg.concurrency)
         self._request_headers = self._headers()
+        self.body_cap = body_cap(cfg.max_tokens)  # the most bytes one answer may hold
+        self._cap_why = (
+            f"the cap for max_tokens {cfg.max_tokens}: max(4 MiB, {BYTES_PER_TOKEN} bytes a token)"
+        )
 
     async def __aenter__(self) -> _HttpTeacher:
         import aiohttp
@@ -207,26 +225,38 @@ class _HttpTeacher(Teacher):
         return self.payload(prompt)
 
     def parse_batch_result(self, body: dict[str, Any]) -> Completion:
-        """The completion in one batched answer's body (the live answer's format)."""
-        return self.parse(body)
+        """The completion in one batched answer's body (the live answer's format); raises
+        RequestFailed for one far past max_tokens."""
+        return self._checked(self.parse(body))
+
+    def _checked(self, done: Completion) -> Completion:
+        """`done`, unless the server ignored max_tokens (RequestFailed: not stored)."""
+        why = too_long(done.text, self.cfg.max_tokens)
+        if why is not None:
+            raise RequestFailed(why)
+        return done
 
     async def call(self, method: str, url: str, **kwargs: Any) -> bytes:
         """One API call besides completions (the batch endpoints), with the same key, retries
-        and backoff: the body of a 2xx answer, or RequestFailed / AuthFailed."""
+        and backoff: the body of a 2xx answer, or RequestFailed / AuthFailed. A body is read
+        up to `cap` bytes (`cap=(bytes, why)`; default one answer's cap); a 3xx is refused."""
         import aiohttp
 
         cfg = self.cfg
         headers = {**self._request_headers, **kwargs.pop("headers", {})}
         data = kwargs.pop("data", None)  # a callable makes a fresh body per attempt
+        cap, why = kwargs.pop("cap", (self.body_cap, self._cap_why))
         reason = "no attempt made"
         for attempt in range(cfg.max_retries + 1):
             wait = None
             sent = data() if callable(data) else data
             try:
                 async with self._session.request(
-                    method, url, headers=headers, data=sent, **kwargs
+                    method, url, headers=headers, data=sent, allow_redirects=False, **kwargs
                 ) as r:
-                    answer = await r.read()
+                    if 300 <= r.status < 400:
+                        raise redirect_refused(r.status, url, r.headers.get("Location"))
+                    answer = await read_capped(r, cap, why)
                     if r.status < 300:
                         return answer
                     reason = self._fail_or_reason(r.status, answer.decode("utf-8", "replace"))
@@ -235,7 +265,10 @@ class _HttpTeacher(Teacher):
                 reason = type(err).__name__
             if attempt < cfg.max_retries:
                 await asyncio.sleep(backoff_delay(attempt, cfg.backoff) if wait is None else wait)
-        raise RequestFailed(f"{method} {url}: gave up after {cfg.max_retries + 1} tries: {reason}")
+        shown = redact_url(url)
+        raise RequestFailed(
+            f"{method} {shown}: gave up after {cfg.max_retries + 1} tries: {reason}"
+        )
 
     async def complete(self, prompt: str, *, reference: str | None = None) -> Completion:
         if self._session is None:
@@ -276,19 +309,21 @@ class _HttpTeacher(Teacher):
         import aiohttp
 
         charged = await self.limiter.acquire(estimate) if self.limiter.active else 0
-        url = self.fleet.urls[server] + self.path
+        url = join_url(self.fleet.urls[server], self.path)
         self.stats["attempts"] += 1
         try:
             with self.fleet.sending(server):
                 async with self._session.post(
-                    url, json=payload, headers=self._request_headers
+                    url, json=payload, headers=self._request_headers, allow_redirects=False
                 ) as r:
-                    text = (await r.read()).decode("utf-8", errors="replace")  # JSON is UTF-8
+                    body = await read_capped(r, self.body_cap, self._cap_why)
+                    text = body.decode("utf-8", errors="replace")  # JSON is UTF-8
                     self.limiter.observe(r.headers)
                     status, headers = r.status, r.headers
         except aiohttp.ClientConnectorError as err:
             self.fleet.refused(server)
-            reason = f"cannot connect to {self.fleet.urls[server]} ({type(err).__name__})"
+            where = redact_url(self.fleet.urls[server])
+            reason = f"cannot connect to {where} ({type(err).__name__})"
             return None, reason, None, False
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             reason = type(err).__name__ + (f": {err}" if str(err) else "")
@@ -300,7 +335,9 @@ class _HttpTeacher(Teacher):
             except (ValueError, KeyError, TypeError, IndexError, AttributeError):
                 return None, "malformed response body", None, False
             self.limiter.settle(charged, done.prompt_tokens + done.completion_tokens)
-            return done, "", None, False
+            return self._checked(done), "", None, False
+        if 300 <= status < 400:  # never followed: it could carry the key to another host
+            raise redirect_refused(status, url, headers.get("Location"))
         reason = self._fail_or_reason(status, text)
         return None, reason, retry_after_seconds(headers), status in (429, 529)
 

@@ -12,7 +12,9 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+from data_gen.llm.retry import redact_url
 from data_gen.schema import option
 
 KINDS = ("original", "openai", "openai-completions", "anthropic", "hf")
@@ -47,14 +49,16 @@ class TeacherConfig:
     model: str | None = None
     """API model name, or a HF hub id / local folder for `hf`."""
     base_urls: tuple[str, ...] = option((), flag="base_url")
-    """API root such as http://host:8000/v1; repeat to spread the load over a fleet."""
+    """API root such as http://host:8000/v1; repeat to spread the load over a fleet. Redirects
+    are never followed; a user:password@ or ?key= in it is masked wherever it is written."""
     api_key_env: str | None = None
     """NAME of the environment variable holding the key (never the key itself); none = the
     provider's usual one (OPENAI_API_KEY, ANTHROPIC_API_KEY)."""
     temperature: float = 0.0
     """Sampling temperature; the paper: 0."""
     max_tokens: int = 1024
-    """Reply length cap in tokens."""
+    """Reply length cap in tokens; also bounds what the server may send back: a body of at most
+    max(4 MiB, 256 bytes per token), a completion of at most max(1024, 16 per token) characters."""
     system_prompt: str | None = None
     """System prompt; `anthropic` defaults to the paper's, "" for none."""
     concurrency: int = 16
@@ -66,7 +70,7 @@ class TeacherConfig:
     max_retries: int = 6
     """Retries per request before it counts as failed."""
     timeout: float = 120.0
-    """Seconds per request."""
+    """Seconds per request, the whole exchange (the answer's body included)."""
     backoff: float = 1.0
     """First retry delay in seconds, doubled per attempt, with full jitter."""
     batch: bool = False
@@ -93,7 +97,8 @@ class TeacherConfig:
             )
         for url in self.base_urls:
             if not url.startswith(("http://", "https://")):
-                raise ValueError(f"`--base-url` must start with http:// or https://, got {url!r}")
+                shown = redact_url(url)
+                raise ValueError(f"`--base-url` must start with http:// or https://, got {shown!r}")
         if len(set(self.base_urls)) != len(self.base_urls):
             raise ValueError("`--base-url` lists the same server twice")
         checks = [
@@ -122,9 +127,16 @@ class TeacherConfig:
         if self.api_key_env is not None and self.api_key_env not in os.environ:
             return [f"`--api-key-env {self.api_key_env}`: that environment variable is not set"]
         try:
-            self.api_key()
+            key = self.api_key()
         except ValueError as err:
             return [str(err)]
+        userinfo = any(urlsplit(url).username is not None for url in self.base_urls)
+        if key and userinfo and self.kind != "anthropic":
+            # Both would be the Authorization header (Bearer key, Basic user:password).
+            return [
+                f"`--base-url` holds a user:password@ and ${self.key_env} holds a key: both "
+                "would be sent as the Authorization header; keep one of them"
+            ]
         return []
 
     @property
@@ -155,10 +167,16 @@ class TeacherConfig:
         return key or None
 
     def public_dict(self) -> dict[str, Any]:
-        """For manifest.json: every setting, the key variable's *name* only, never a value."""
+        """For manifest.json: every setting, the key variable's *name* only, never a value, and
+        base URLs with any credentials in them masked (`redact_url`)."""
         out = dataclasses.asdict(self)
-        out["base_urls"] = list(self.base_urls)
+        out["base_urls"] = [redact_url(url) for url in self.base_urls]
         return out
+
+    def __repr__(self) -> str:
+        shown = {**self.public_dict(), "base_urls": tuple(redact_url(u) for u in self.base_urls)}
+        fields = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+        return f"{type(self).__name__}({fields})"
 
 
 def check_batch_urls(cfg: TeacherConfig, *, batch: bool | None = None) -> None:

@@ -39,6 +39,8 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Key-looking tokens an API may echo back ("Incorrect API key provided: sk-ab***yz").
 _KEYLIKE = re.compile(r"\b(sk-(?:ant-)?|key-)[A-Za-z0-9_\-*.]{3,}")
+# Credentials a URL may carry: userinfo (`http://user:pass@host`) and the query (`?key=...`).
+_URL = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^\s/?#@]*@)?([^\s?#]*)(\?[^\s#\"'<>]*)?", re.I)
 
 
 def is_retryable(status: int) -> bool:
@@ -116,7 +118,23 @@ def error_message(body: str, *, secret: str | None = None) -> str:
 
 
 def redact(text: str, secret: str | None) -> str:
-    """Mask the key itself and anything that looks like one (APIs echo key prefixes back)."""
+    """Mask the key itself, anything that looks like one (APIs echo key prefixes back), and the
+    credentials of any URL in `text` (`redact_url`)."""
     if secret:
         text = text.replace(secret, "***")
-    return _KEYLIKE.sub(lambda m: m.group(1) + "***", text)
+    return _KEYLIKE.sub(lambda m: m.group(1) + "***", redact_url(text))
+
+
+def redact_url(text: str) -> str:
+    """`text` with every URL's userinfo and query values masked, e.g.
+    `http://u:p@host/v1?key=abc` -> `http://***@host/v1?key=***`: a `--base-url` may carry a
+    key, and it is written to manifests and printed in messages."""
+    return _URL.sub(_redact_one_url, text)
+
+
+def _redact_one_url(m: re.Match) -> str:
+    scheme, userinfo, rest, query = m.groups()
+    if query:
+        params = (p.split("=", 1)[0] + "=***" if "=" in p else "***" for p in query[1:].split("&"))
+        query = "?" + "&".join(params)
+    return scheme + ("***@" if userinfo else "") + rest + (query or "")

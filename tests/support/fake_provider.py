@@ -22,6 +22,20 @@ Faults, all optional and combinable:
     headers_remaining=True       send OpenAI rate-limit headers
     reply_headers={...} or f(i)  extra headers on the i-th successful reply (rate-limit tests)
 
+Hostile modes (issue 11: a server that tries to leak the key, or to exhaust memory or time),
+applied to every route, or only to paths matching the regex `hostile_paths`:
+    redirect_to="http://h:p"     answer `redirect_status` (307) with Location redirect_to + the
+                                 request's path and query (a client must not follow it)
+    endless_body=True            200 whose JSON body never ends (a client must stop at its cap)
+    slow_body=s                  200 at once, then the body one small piece every s seconds
+                                 (a client's timeout must cover the body too)
+    huge_completion=N            a valid answer whose completion is N characters, live and in
+                                 batch results (the server ignored max_tokens)
+    results_base="http://h:p/v1" Anthropic batches name their results_url on that root (a
+                                 client must not send its key to another origin)
+Every request received, on any route, hostile or not, is appended to `log` as (method, path):
+a second server made only to be redirected to can assert that it received nothing.
+
 Batch APIs (`nif gen --batch`): OpenAI's `POST /v1/files`, `POST /v1/batches`,
 `GET /v1/batches/{id}`, `GET /v1/files/{id}/content`, and Anthropic's `POST /v1/messages/batches`,
 `GET /v1/messages/batches/{id}` and `.../results`. A batch stays in progress for `batch_polls`
@@ -55,6 +69,7 @@ import contextlib
 import hashlib
 import json
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -97,6 +112,13 @@ class FakeTeacherServer:
     batch_expire_every: int = 0
     batch_error_every: int = 0
     batch_upload_faults: int = 0
+    redirect_to: str | None = None
+    redirect_status: int = 307
+    endless_body: bool = False
+    slow_body: float = 0.0
+    huge_completion: int = 0
+    hostile_paths: str | None = None
+    results_base: str | None = None
     # What happened, for assertions.
     requests: int = 0
     batches_created: int = 0
@@ -116,6 +138,7 @@ class FakeTeacherServer:
         self.bodies: deque[dict] = deque(maxlen=_KEEP_BODIES)
         self.headers_seen: deque[dict[str, str]] = deque(maxlen=_KEEP_BODIES)
         self.auth_seen: set[str | None] = set()
+        self.log: list[tuple[str, str]] = []  # (method, path) of every request, any route
         self._seen: Counter = Counter()
         self._replies = 0  # successful replies sent
         self._next_fault = 0
@@ -132,7 +155,11 @@ class FakeTeacherServer:
     def app(self):
         from aiohttp import web
 
-        app = web.Application()
+        @web.middleware
+        async def hostile(request, handler):
+            return await self._hostile(request, handler)
+
+        app = web.Application(middlewares=[hostile])
         app.router.add_post("/v1/chat/completions", self._handle("chat"))
         app.router.add_post("/v1/completions", self._handle("completions"))
         app.router.add_post("/v1/messages", self._handle("anthropic"))
@@ -145,6 +172,47 @@ class FakeTeacherServer:
         app.router.add_get("/v1/messages/batches/{id}", self._anthropic_batch_status)
         app.router.add_get("/v1/messages/batches/{id}/results", self._anthropic_results)
         return app
+
+    # ---- hostile modes: before any route ------------------------------------------------------
+
+    def _text(self, prompt: str) -> str:
+        if self.huge_completion:
+            return "x" * self.huge_completion
+        return self.reply_fn(prompt) if self.reply_fn else reply_for(prompt)
+
+    async def _hostile(self, request, handler):
+        from aiohttp import web
+
+        with self._lock:
+            self.log.append((request.method, request.path))
+        hostile = self.hostile_paths is None or re.search(self.hostile_paths, request.path)
+        if not hostile:
+            return await handler(request)
+        if self.redirect_to is not None:
+            self.injected["redirect"] += 1
+            location = self.redirect_to.rstrip("/") + request.path_qs
+            return web.Response(status=self.redirect_status, headers={"Location": location})
+        if self.endless_body or self.slow_body:
+            self.injected["endless_body" if self.endless_body else "slow_body"] += 1
+            return await self._stream(request)
+        return await handler(request)
+
+    async def _stream(self, request):
+        """A 200 whose body never ends (`endless_body`) or trickles (`slow_body`)."""
+        from aiohttp import web
+
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"choices": [{"index": 0, "text": "')
+        chunk = b"x" * (64 * 1024 if self.endless_body else 8)
+        try:
+            while True:
+                if self.slow_body:
+                    await asyncio.sleep(self.slow_body)
+                await response.write(chunk)
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            pass  # the client hung up: what it should do
+        return response
 
     # ---- batch APIs: every request answered when the batch ends --------------------------------
 
@@ -193,7 +261,7 @@ class FakeTeacherServer:
                     results.append((custom_id, None, "context too long"))
                     continue
                 prompt = _prompt_of(fmt, body)
-                text = self.reply_fn(prompt) if self.reply_fn else reply_for(prompt)
+                text = self._text(prompt)
                 with self._lock:
                     self.successes[hashlib.sha256(prompt.encode("utf-8")).hexdigest()] += 1
                 results.append((custom_id, _answer(fmt, body, text, "stop", prompt), None))
@@ -251,12 +319,13 @@ class FakeTeacherServer:
 
         batch_id = request.match_info["id"]
         ended = self._batch_results(batch_id) is not None
+        root = self.results_base or self.url
         return web.json_response(
             {
                 "id": batch_id,
                 "type": "message_batch",
                 "processing_status": "ended" if ended else "in_progress",
-                "results_url": f"{self.url}/messages/batches/{batch_id}/results" if ended else None,
+                "results_url": f"{root}/messages/batches/{batch_id}/results" if ended else None,
             }
         )
 
@@ -320,7 +389,7 @@ class FakeTeacherServer:
             if fault is not None and fault != "length":
                 self.injected[fault] += 1
                 return await self._fault(fault, fmt, request)
-            text = self.reply_fn(prompt) if self.reply_fn else reply_for(prompt)
+            text = self._text(prompt)
             length = self.length_every and int(key[8:16], 16) % self.length_every == 0
             if fault == "length":
                 self.injected["length"] += 1
