@@ -42,6 +42,7 @@ OPERATIONAL = {
     "batch_size",
     "poll_seconds",
     "batch_wait",
+    "repair",
 }
 
 
@@ -79,6 +80,9 @@ class GenConfig:
     """Dollars per million completion tokens."""
     quiet: bool = False
     """No progress bar."""
+    repair: bool = False
+    """Move damaged shards (cut short, empty) to OUT/damaged/ and generate their documents
+    again; without it a damaged shard stops the run, named."""
     teacher: TeacherConfig = section(TeacherConfig, flatten=True, title="teacher")
 
     def __post_init__(self) -> None:

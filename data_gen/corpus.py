@@ -2,8 +2,9 @@
 
 `iter_documents(src)` yields every usable document of a source, in a fixed order, and counts
 every unusable one by reason in a `SkipCounts`. Bad input never stops a run by itself: an
-unreadable file, a non-JSON line, a missing field, an empty or too-short text or invalid UTF-8
-is skipped and counted. Only a source with *nothing* usable is an error, raised by the caller
+unreadable file, a non-JSON line, a missing field, an empty or too-short text, invalid UTF-8,
+or text that cannot be written as UTF-8 (a lone surrogate such as the JSON escape `\\ud800`) is
+skipped and counted. Only a source with *nothing* usable is an error, raised by the caller
 before any request is sent.
 
 A document's id is the `--id-field` value when given, else a stable hash of its text (the same
@@ -25,6 +26,7 @@ SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
 UNREADABLE_FILE = "unreadable_file"
 INVALID_JSON = "invalid_json"
 INVALID_UTF8 = "invalid_utf8"
+INVALID_UNICODE = "invalid_unicode"  # decodes, but holds a lone surrogate: no UTF-8 for it
 MISSING_FIELD = "missing_field"
 EMPTY = "empty"
 TOO_SHORT = "too_short"
@@ -77,12 +79,18 @@ def iter_documents(
         if len(text.split()) < min_words:
             skipped[TOO_SHORT] += 1
             continue
+        if not _encodable(text):
+            skipped[INVALID_UNICODE] += 1
+            continue
         if id_field is not None:
             raw_id = record.get(id_field)
             if raw_id is None or str(raw_id) == "":
                 skipped[MISSING_FIELD] += 1
                 continue
             doc_id = str(raw_id)
+            if not _encodable(doc_id):
+                skipped[INVALID_UNICODE] += 1
+                continue
         else:
             doc_id = text_id(text)
         if doc_id in seen:  # the same document twice would make "exactly once" ambiguous
@@ -90,6 +98,15 @@ def iter_documents(
             continue
         seen.add(doc_id)
         yield Document(doc_id, text)
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` has a UTF-8 form (the shards, the hash and the request all need one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_source(src: str) -> None:

@@ -100,7 +100,10 @@ def run_filter(cfg: FilterConfig, *, progress: bool = True) -> dict[str, Any]:
         rows = read_rows(cfg.src)
         verdicts = asyncio.run(_judge_all(cfg, rows, out, progress)) if cfg.judge else {}
         kept, report = _apply(cfg, rows, verdicts)
-        # Rewrite the output whole: it is a pure function of the source and the verdicts.
+        # Rewrite the output whole: it is a pure function of the source and the verdicts. Until
+        # it is, the manifest says so (a kill or a full disk leaves "running", never "complete").
+        manifest = {"status": "running", "config": cfg.public_dict()}
+        write_json_atomic(out / "manifest.json", manifest)
         if (out / "shards").exists():
             shutil.rmtree(out / "shards")
         writer = ShardWriter(out, rows_per_shard=1000)

@@ -2,10 +2,14 @@
 
 The shards are the record of finished work (see `shards.py`). A run:
 
-1. checks the configuration and the corpus (a clear error before any request if nothing usable
-   remains), and refuses to continue a folder generated with a different configuration, saying
-   which settings differ (operational settings — concurrency, rate limits, retries, servers —
-   may change between runs: they do not change the data);
+1. takes the folder's lock, then refuses to continue a folder generated with a different
+   configuration, saying which settings differ (operational settings — concurrency, rate
+   limits, retries, servers — may change between runs: they do not change the data). The
+   configuration is in manifest.json and, as a fingerprint, in every shard, so a lost or edited
+   manifest cannot mix settings either (shards from before fingerprints are trusted only with a
+   matching manifest). A damaged shard (cut short, empty) is named; with `--repair` it is moved
+   to `damaged/` and its documents, known from the kept sample, are generated again. Then it
+   checks the corpus (a clear error before any request if nothing usable remains);
 2. samples and cuts the documents (deterministic: same arguments, same examples) and keeps
    them in `sample.arrow`, so a resumed run does not read the corpus again (for OpenWebText
    that read is the whole split);
@@ -15,7 +19,9 @@ The shards are the record of finished work (see `shards.py`). A run:
    since it is in no shard);
 4. stops cleanly on `RunStopped` (spend limit, bad key), on Ctrl-C, or when the first
    `FAIL_FAST` documents all fail (a wrong model or endpoint), writing every finished row;
-5. writes `manifest.json`: the configuration (no secrets) and the counts.
+5. writes `manifest.json`: the configuration (no secrets) and the counts of the rows on disk;
+   "complete" only when every sampled document is in a shard. On any exit (an error, a full
+   disk, Ctrl-C or SIGTERM) the finished rows are flushed first and the manifest counts them.
 
 Killing the process at any moment loses at most the rows not yet flushed (at most
 `flush_seconds` of work), which the next run requests again; nothing is ever written twice.
@@ -43,13 +49,26 @@ from data_gen.llm import (
 from data_gen.llm.batch import BatchLedger, run_batches
 from data_gen.llm.fanout import fan_out
 from data_gen.sampling import Example, cut_document, sample_documents
-from data_gen.shards import DirLock, ShardWriter, read_ids, token_totals
+from data_gen.shards import (
+    DirLock,
+    ShardWriter,
+    damaged_shards,
+    move_aside,
+    read_ids,
+    token_totals,
+)
 from data_gen.store import (
+    FINGERPRINT_KEY,
+    DamagedShard,
+    DiskFull,
+    FolderError,
     config_diff,
     config_value,
     fingerprint,
-    read_json_object,
+    read_manifest,
     read_shard,
+    shard_fingerprint,
+    shard_paths,
     write_json_atomic,
     write_table_atomic,
 )
@@ -71,7 +90,7 @@ class GenStats:
 
     @property
     def complete(self) -> bool:
-        return self.stopped is None and self.failed == 0
+        return self.stopped is None and self.failed == 0 and self.done == self.sampled
 
 
 # A run whose first FAIL_FAST documents all fail, with no answer at all, stops (exit 3).
@@ -122,7 +141,10 @@ def load_sample(out: Path, cfg: GenConfig) -> tuple[list[Example], SkipCounts] |
     path = out / "sample.arrow"
     if not path.is_file():
         return None
-    table = read_shard(path)
+    try:
+        table = read_shard(path)
+    except DamagedShard:
+        return None  # sampled again: the same settings give the same sample
     meta = table.schema.metadata or {}
     if meta.get(b"sample_key", b"").decode() != _sample_key(cfg):
         return None
@@ -137,37 +159,80 @@ def save_sample(out: Path, cfg: GenConfig, examples: list[Example], skipped: Ski
 
 
 def check_resume(out: Path, cfg: GenConfig) -> None:
-    """Refuse to mix two configurations in one folder; name what differs."""
-    manifest = out / "manifest.json"
-    if not manifest.is_file():
-        return
-    old = read_json_object(manifest, what="`--out` manifest").get("config", {})
-    old, new = fingerprint(old, OPERATIONAL), fingerprint(cfg.public_dict(), OPERATIONAL)
+    """Refuse to mix two configurations in one folder; name what differs, and where."""
+    new = config_fingerprint(cfg)
+    manifest = read_manifest(out)
+    if manifest is not None:
+        old = manifest.get("config")
+        old = fingerprint(old if isinstance(old, dict) else {}, OPERATIONAL)
+        _refuse_diff(f"`--out` {out}", old, new)
+    unknown = []
+    for path in shard_paths(out):
+        try:
+            old = shard_fingerprint(path)
+        except (OSError, ValueError):
+            continue  # damaged: `check_damaged` names it
+        if old is None:
+            unknown.append(path)
+        else:
+            _refuse_diff(f"`--out` {out}: {path}", old, new)
+    if unknown and manifest is None:
+        raise FolderError(
+            f"`--out` {out}: {_names(unknown)} carry no record of the settings they were made "
+            "with, and there is no manifest.json to vouch for them; use a new folder"
+        )
+
+
+def config_fingerprint(cfg: GenConfig) -> dict:
+    """What decides the data of `cfg`, as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(fingerprint(cfg.public_dict(), OPERATIONAL)))
+
+
+def _refuse_diff(what: str, old: dict, new: dict) -> None:
     diffs = [
         f"{key}: {config_value(old, key)!r} -> {config_value(new, key)!r}"
         for key in config_diff(old, new)
     ]
     if diffs:
-        raise ValueError(
-            f"`--out` {out} was generated with a different configuration ({'; '.join(diffs)}); "
-            "use a new folder, or the original settings to resume"
+        raise FolderError(
+            f"{what} was generated with a different configuration "
+            f"({'; '.join(diffs)}); use a new folder, or the original settings to resume"
         )
+
+
+def _names(paths: list[Path]) -> str:
+    shown = ", ".join(str(p) for p in paths[:3])
+    return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
+def check_damaged(out: Path, repair: bool) -> None:
+    """Name the damaged shards; with `repair`, move them to `damaged/` (their documents are then
+    missing from the shards, so this run generates exactly those again)."""
+    damaged = damaged_shards(out, full=repair)
+    if damaged and not repair:
+        raise FolderError(
+            f"`--out` {out}: damaged shard(s) {_names(damaged)} (cut short or empty); re-run "
+            f"with `--repair` to move them to {out / 'damaged'} and generate their documents again"
+        )
+    for path in damaged:
+        move_aside(path, out / "damaged")
 
 
 def generate(cfg: GenConfig, *, progress: bool = True) -> GenStats:
     """Run (or resume) the generation described by `cfg`."""
     out = Path(cfg.out)
-    check_resume(out, cfg)
-    pending = BatchLedger.load(out).pending()
-    if pending and not cfg.teacher.batch:
-        raise ValueError(
-            f"`--out` {out} has {len(pending)} provider batch(es) still pending; re-run with "
-            f"`--batch` to collect them (deleting {out / 'batches.json'} abandons them, "
-            "and their documents would be paid for again)"
-        )
-    cached = load_sample(out, cfg)
-    examples, skipped = cached or prepare_examples(cfg, progress=progress)
-    with DirLock(out):
+    with DirLock(out):  # first: another run may be writing, or about to
+        check_resume(out, cfg)
+        check_damaged(out, cfg.repair)
+        pending = BatchLedger.load(out).pending()
+        if pending and not cfg.teacher.batch:
+            raise ValueError(
+                f"`--out` {out} has {len(pending)} provider batch(es) still pending; re-run with "
+                f"`--batch` to collect them (deleting {out / 'batches.json'} abandons them, "
+                "and their documents would be paid for again)"
+            )
+        cached = load_sample(out, cfg)
+        examples, skipped = cached or prepare_examples(cfg, progress=progress)
         if cached is None:
             save_sample(out, cfg, examples, skipped)
         return asyncio.run(_generate(cfg, out, examples, skipped, progress))
@@ -215,12 +280,17 @@ class _Bookkeeper:
     """One run's bookkeeping: rows to the shard writer, failures to failures.jsonl, counts."""
 
     def __init__(self, out: Path, cfg: GenConfig, stats: GenStats, bar) -> None:
-        self.writer = ShardWriter(out, cfg.shard_rows, cfg.flush_seconds)
+        # Each shard records the settings it was made with (`check_resume` reads them back).
+        metadata = {FINGERPRINT_KEY.decode(): json.dumps(config_fingerprint(cfg), sort_keys=True)}
+        self.writer = ShardWriter(out, cfg.shard_rows, cfg.flush_seconds, metadata)
         self.failures = (out / "failures.jsonl").open("w", encoding="utf-8")  # this run's
         self.stats, self.bar = stats, bar
+        self.closed = False
         self._last_postfix = 0.0
 
     def done(self, ex: Example, c: Completion, teacher: str) -> None:
+        if self.closed:  # a worker finishing while the run winds down: redone next run
+            return
         self.writer.add(
             {
                 "id": ex.id,
@@ -239,6 +309,8 @@ class _Bookkeeper:
         self._tick()
 
     def failed(self, ex: Example, reason: str) -> None:
+        if self.closed:
+            return
         self.stats.failed += 1
         self.failures.write(json.dumps({"id": ex.id, "reason": reason}) + "\n")
         self.failures.flush()
@@ -252,10 +324,17 @@ class _Bookkeeper:
             done = self.stats.already_done + self.stats.new
             self.bar.set_postfix(done=done, failed=self.stats.failed)
 
-    def close(self) -> None:
-        self.writer.flush()  # every finished row, whatever happened
+    def close(self) -> DiskFull | None:
+        """Flush every finished row, whatever happened; the `DiskFull` if they did not fit (the
+        manifest is written first, then it is raised)."""
+        self.closed = True
         self.failures.close()
         self.bar.close()
+        try:
+            self.writer.flush()
+        except DiskFull as err:
+            return err
+        return None
 
 
 async def _generate(
@@ -282,13 +361,20 @@ async def _generate(
     except (KeyboardInterrupt, asyncio.CancelledError):
         stats.stopped = "interrupted"
         raise
+    except BaseException as err:  # a full disk, a bug: the manifest must not say "complete"
+        stats.stopped = stats.stopped or (str(err) if isinstance(err, DiskFull) else repr(err))
+        raise
     finally:
-        run.close()
-        stats.done = stats.already_done + run.writer.written
+        disk_full = run.close()
+        if disk_full is not None:
+            stats.stopped = stats.stopped or str(disk_full)
+        stats.done = stats.already_done + run.writer.written  # the rows on disk
         stats.prompt_tokens, stats.completion_tokens = token_totals(out)  # every run's
         stats.wall_time_s = round(time.perf_counter() - t0, 3)
         status = "complete" if stats.complete else ("stopped" if stats.stopped else "incomplete")
         _write_manifest(out, cfg, stats, status=status)
+    if disk_full is not None:
+        raise disk_full
     return stats
 
 

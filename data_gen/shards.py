@@ -7,7 +7,9 @@ only ever see complete shards, and the shards themselves are the record of finis
 resume the ids in them are skipped, so nothing is lost or done twice whatever moment the
 process was killed at. Shards are Arrow IPC *stream* files.
 
-A lock file keeps a second process from writing into the same folder at the same time.
+A lock file keeps a second process from writing into the same folder at the same time; a
+writer takes it before it looks at what the folder holds, so that the look and the writing are
+one step. Shards may carry metadata (`nif gen` records its configuration fingerprint in each).
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from data_gen.store import SCHEMA, iter_shards, temp_path, write_table_atomic
+from data_gen.store import (
+    SCHEMA,
+    DamagedShard,
+    FolderError,
+    check_whole,
+    iter_shards,
+    read_shard,
+    shard_paths,
+    temp_path,
+    write_table_atomic,
+)
 
 
 def read_rows(out_dir: str | Path) -> list[dict[str, Any]]:
@@ -47,6 +59,29 @@ def token_totals(out_dir: str | Path) -> tuple[int, int]:
     return prompt, completion
 
 
+def damaged_shards(out_dir: str | Path, *, full: bool = False) -> list[Path]:
+    """The shards that are not whole: cut short or empty (their ends are checked), or with
+    `full`, also any that cannot be read through."""
+    damaged = []
+    for path in shard_paths(out_dir):
+        try:
+            read_shard(path) if full else check_whole(path)
+        except DamagedShard:
+            damaged.append(path)
+    return damaged
+
+
+def move_aside(path: Path, folder: Path) -> Path:
+    """`path` moved into `folder` (created), under a new name if that one is taken."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target, n = folder / path.name, 0
+    while target.exists():
+        n += 1
+        target = folder / f"{path.name}.{n}"
+    os.replace(path, target)
+    return target
+
+
 class DirLock:
     """An exclusive `flock` on `DIR/.lock`; released by the kernel if the process dies."""
 
@@ -61,8 +96,9 @@ class DirLock:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
-            raise RuntimeError(
-                f"{self.path.parent} is being written by another process; wait for it to finish"
+            raise FolderError(
+                f"{self.path.parent} is being written by another process (it holds "
+                f"{self.path}); wait for it to finish, or use another folder"
             ) from None
         return self
 
@@ -76,7 +112,14 @@ class ShardWriter:
     """Buffers rows and writes them as a new shard every `rows_per_shard` rows or every
     `flush_seconds` (so a kill loses at most that much finished work, which the next run redoes)."""
 
-    def __init__(self, out_dir: str | Path, rows_per_shard: int, flush_seconds: float = 30.0):
+    def __init__(
+        self,
+        out_dir: str | Path,
+        rows_per_shard: int,
+        flush_seconds: float = 30.0,
+        metadata: dict[str, str] | None = None,
+    ):
+        self.schema = SCHEMA.with_metadata(metadata) if metadata else SCHEMA
         self.dir = Path(out_dir) / "shards"
         self.dir.mkdir(parents=True, exist_ok=True)
         for stale in self.dir.glob(temp_path("part-*.arrow").name):  # a killed run's last shard
@@ -102,7 +145,7 @@ class ShardWriter:
     def flush(self) -> None:
         if not self._rows:
             return
-        table = pa.Table.from_pylist(self._rows, schema=SCHEMA)
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
         write_table_atomic(self.dir / f"part-{self._next:05d}.arrow", table)
         self._next += 1
         self.written += len(self._rows)

@@ -17,19 +17,43 @@ readable after a kill. This module is the one place that knows how:
   filter, export and training.
 - **The configuration fingerprint** (`fingerprint`, `config_diff`): what a folder was made with,
   minus the operational settings that change how fast it is made but not what it holds, so that
-  a resumed run can refuse a different configuration and name the keys that differ.
+  a resumed run can refuse a different configuration and name the keys that differ. `nif gen`
+  records it in manifest.json and in each shard's Arrow schema metadata (`FINGERPRINT_KEY`), so
+  a lost or edited manifest cannot let other settings into the folder.
+- **Errors a user can fix** (`FolderError`, a `ValueError`, so the CLI reports it as bad input,
+  exit 2, in one line): a folder another process is writing, a damaged shard (`DamagedShard`:
+  cut short or empty; a shard must end with the Arrow end-of-stream marker or the file footer,
+  as pyarrow and `datasets` write them), a full disk (`DiskFull`, raised by the atomic writer
+  in place of ENOSPC), a dataset whose manifest says it is not complete.
 
 pyarrow is imported on first use, so the JSON writers and the fingerprint cost nothing at import.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+# --------------------------------------------------------------------------- errors
+
+
+class FolderError(ValueError):
+    """A run folder that cannot be used as it is; the message names the file and the fix."""
+
+
+class DamagedShard(FolderError):
+    """A shard that cannot be read whole (cut short by a failed copy or disk, or empty)."""
+
+
+class DiskFull(FolderError):
+    """No space left while writing; what was written before is whole, the file being written is
+    absent (or its previous version untouched)."""
+
 
 # --------------------------------------------------------------------------- atomic writes
 
@@ -75,10 +99,22 @@ def _write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Non
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_dir(path.parent)
+    except BaseException as err:
         tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
+        if _no_space(err):
+            raise DiskFull(
+                f"no space left on the device writing {path}; free some space and re-run the "
+                "same command (what was written before is kept)"
+            ) from None
         raise
-    _fsync_dir(path.parent)
+
+
+def _no_space(err: BaseException) -> bool:
+    # pyarrow reports a failed write as its own OSError subclass, with the errno in the text.
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(err, OSError) and "No space left on device" in str(err)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -186,17 +222,67 @@ def shard_paths(data_dir: str | Path) -> list[Path]:
     return sorted((Path(data_dir) / "shards").glob("*.arrow"))
 
 
+# How a whole IPC file ends: the stream format's end-of-stream marker, the file format's magic.
+_STREAM_END = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+_FILE_END = b"ARROW1"
+_REPAIR_HINT = (
+    "re-run the command that wrote the folder (`nif gen ... --repair` moves it aside and "
+    "regenerates just its documents)"
+)
+
+
 def read_shard(path: str | Path):
     """One shard as a `pyarrow.Table`: the IPC stream format (`nif gen`, `datasets`) or the
-    IPC file format."""
+    IPC file format. `DamagedShard`, naming the file, if it is not whole."""
+    import pyarrow as pa
+
+    check_whole(path)
+    try:
+        try:
+            with pa.OSFile(str(path), "rb") as f:
+                return pa.ipc.open_stream(f).read_all()
+        except pa.ArrowInvalid:
+            with pa.OSFile(str(path), "rb") as f:
+                return pa.ipc.open_file(f).read_all()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DamagedShard(f"{path} is damaged ({err}); {_REPAIR_HINT}") from None
+
+
+def check_whole(path: str | Path) -> None:
+    """`DamagedShard` unless `path` ends as a whole IPC file does. A cheap test of its last
+    bytes (every shard is checked before a long job starts): a copy or disk that cut it short
+    leaves no end marker, even at a record boundary."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - len(_STREAM_END)))
+        tail = f.read()
+    if size == 0:
+        raise DamagedShard(f"{path} is empty; {_REPAIR_HINT}")
+    if tail != _STREAM_END and not tail.endswith(_FILE_END):
+        raise DamagedShard(
+            f"{path} is not an Arrow IPC file, or was cut short (no end marker); {_REPAIR_HINT}"
+        )
+
+
+def shard_fingerprint(path: str | Path) -> dict[str, Any] | None:
+    """The configuration fingerprint a shard was written with (`FINGERPRINT_KEY` in its schema
+    metadata), or None for a shard without one (written before fingerprints, or by another
+    tool). Reads the schema only."""
     import pyarrow as pa
 
     try:
         with pa.OSFile(str(path), "rb") as f:
-            return pa.ipc.open_stream(f).read_all()
+            metadata = pa.ipc.open_stream(f).schema.metadata or {}
     except pa.ArrowInvalid:
         with pa.OSFile(str(path), "rb") as f:
-            return pa.ipc.open_file(f).read_all()
+            metadata = pa.ipc.open_file(f).schema.metadata or {}
+    raw = metadata.get(FINGERPRINT_KEY)
+    return json.loads(raw) if raw is not None else None
+
+
+# Schema metadata key of a shard's configuration fingerprint (JSON).
+FINGERPRINT_KEY = b"nif_config"
 
 
 def iter_shards(data_dir: str | Path) -> Iterator:
@@ -205,26 +291,39 @@ def iter_shards(data_dir: str | Path) -> Iterator:
         yield read_shard(path)
 
 
+def read_manifest(data_dir: str | Path) -> dict[str, Any] | None:
+    """`DIR/manifest.json`, or None where there is none (a one-line error if it is not a JSON
+    object: `read_json_object`)."""
+    path = Path(data_dir) / "manifest.json"
+    return read_json_object(path, what="manifest") if path.is_file() else None
+
+
 def check_dataset_dir(
     data_dir: str | Path, *, what: str = "data folder", columns: Collection[str] = REQUIRED_COLUMNS
 ) -> list[Path]:
     """The shard files, or a clear error naming the input (`what`: its flag or key, e.g.
-    "`--data`") and what is wrong with it. Only the first shard's columns are checked."""
-    import pyarrow as pa
-
+    "`--data`") and what is wrong with it: no shards, a damaged shard (every shard's end is
+    checked), missing columns (the first shard's), or a manifest.json saying the folder is not
+    complete (a gen with failures or stopped early, a filter with verdicts missing). A folder
+    without manifest.json (another tool's data) is used as it is."""
     data = Path(data_dir)
     if not data.is_dir():
         raise FileNotFoundError(f"{what} {data} does not exist (run `nif gen` first)")
     shards = shard_paths(data)
     if not shards:
         raise ValueError(f"{what} {data} holds no shards/*.arrow (run `nif gen` first)")
-    try:
-        names = read_shard(shards[0]).schema.names
-    except (pa.ArrowInvalid, OSError) as err:
-        raise ValueError(f"{shards[0]} is not an Arrow IPC file ({err})") from None
+    for shard in shards:
+        check_whole(shard)
+    names = read_shard(shards[0]).schema.names
     missing = sorted(set(columns) - set(names))
     if missing:
         raise ValueError(f"{what} {data}: shards lack column(s) {missing} (have {names})")
+    manifest = read_manifest(data)
+    if manifest is not None and manifest.get("status") != "complete":
+        raise FolderError(
+            f"{what} {data} is not complete (its manifest.json says {manifest.get('status')!r}); "
+            "re-run the `nif gen` / `nif filter` command that wrote it to finish it"
+        )
     return shards
 
 

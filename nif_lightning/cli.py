@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # Modules exposing `register(subparsers)`, in the order the method runs.
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = _sigterm_as_sigint()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -73,6 +75,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"nif {args.command}: {err}", file=sys.stderr)
         return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_sigint():
+    """Handle SIGTERM (`kill`, SLURM preemption, a container stop) as Ctrl-C: finished work is
+    flushed, the manifest tells the truth, exit 130 for both. It goes to whatever handles SIGINT
+    at that moment (inside `asyncio.run`, the handler that cancels the main task cleanly; else
+    Python's, which raises KeyboardInterrupt). Training replaces it with Lightning's during fit.
+    Returns the previous handler, or None where none could be set (not the main thread)."""
+
+    def on_sigterm(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # SIGINT ignored (a background job of a script) or default: interrupt anyway
+            raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # signals are set from the main thread only
+        return None
 
 
 def exit_code(err: BaseException) -> int | None:
