@@ -101,13 +101,15 @@ def _sigterm_as_sigint():
 
 
 def exit_code(err: BaseException) -> int | None:
-    """The one mapping of errors to exit codes: 2 bad input (a config problem, a memory plan
-    that cannot fit), 3 the provider stopped the run (spend limit, rejected key); None: a bug,
-    shown as a traceback."""
+    """The one mapping of errors to exit codes: 2 bad input (a config problem, an output folder
+    that is locked, damaged, full or holds other settings, a memory plan that cannot fit), 3 the
+    provider stopped the run (spend limit, rejected key); None: a bug, shown as a traceback."""
     from data_gen.llm.errors import RunStopped
     from data_gen.schema import ConfigError
 
-    if isinstance(err, ConfigError):
+    from data_gen.store import FolderError
+
+    if isinstance(err, (ConfigError, FolderError)):
         return 2
     if isinstance(err, RunStopped):
         return 3

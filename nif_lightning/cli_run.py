@@ -59,6 +59,9 @@ def _run(args: argparse.Namespace) -> int:
     except StageFailed as err:
         print(f"nif run: {err}", file=sys.stderr)
         return 1
+    except (FileNotFoundError, ValueError) as err:  # a stage refused its input, as on its own
+        print(f"nif run: {err}", file=sys.stderr)
+        return 2
     if report is None:
         return 0  # a training process of another GPU: rank 0 reports
     out = report["outputs"]

@@ -22,6 +22,10 @@ def _setup(tmp: Path) -> dict[str, str]:
     cut = tmp / "cut-data" / "shards"
     cut.mkdir(parents=True)
     (cut / "part-00000.arrow").write_bytes(b"ARROW1\x00\x00\xff\xff\xff\xff\x10\x00")
+    damaged = tmp / "damaged-out" / "shards"
+    damaged.mkdir(parents=True)
+    (damaged / "part-00000.arrow").write_bytes(b"")
+    _incomplete_dataset(tmp / "incomplete-data")
     (tmp / "list-out").mkdir()
     (tmp / "list-out" / "manifest.json").write_text("[]")
     (tmp / "broken-out").mkdir()
@@ -33,7 +37,24 @@ def _setup(tmp: Path) -> dict[str, str]:
         f"out: {tmp / 'run'}\ngen: {{corpus: builtin, num_docs: many}}\n"
         "model: {path: x, tiny: true}\n"
     )
+    (tmp / "run-damaged.yaml").write_text(
+        f"out: {tmp / 'rd'}\ngen: {{corpus: builtin, num_docs: 3}}\n"
+        f"model: {{path: {tmp / 'rd' / 'base'}, tiny: true}}\n"
+    )
+    (tmp / "rd" / "data" / "shards").mkdir(parents=True)
+    (tmp / "rd" / "data" / "shards" / "part-00000.arrow").write_bytes(b"")
     return {"t": str(tmp)}
+
+
+def _incomplete_dataset(folder: Path) -> None:
+    """A readable shard whose manifest says the run that wrote it did not finish."""
+    import pyarrow as pa
+
+    (folder / "shards").mkdir(parents=True)
+    table = pa.table({"id": ["a"], "prompt": ["p"], "completion": ["c"], "reference": ["r"]})
+    with pa.ipc.new_stream(str(folder / "shards" / "part-00000.arrow"), table.schema) as w:
+        w.write_table(table)
+    (folder / "manifest.json").write_text('{"status": "stopped", "counts": {}}')
 
 
 CASES = [
@@ -49,6 +70,7 @@ CASES = [
     ("gen-manifest-list", "gen --corpus builtin --out {t}/list-out --num-docs 2", "manifest"),
     ("gen-manifest-broken", "gen --corpus builtin --out {t}/broken-out --num-docs 2", "manifest"),
     ("gen-no-model", "gen --corpus builtin --out {t}/o --teacher openai", "--model"),
+    ("gen-damaged-shard", "gen --corpus builtin --out {t}/damaged-out --num-docs 2", "--repair"),
     ("filter-no-shards", "filter {t} --out {t}/f", "shards"),
     ("filter-empty-shard", "filter {t}/empty-data --out {t}/f", "part-00000.arrow"),
     ("filter-cut-shard", "filter {t}/cut-data --out {t}/f", "part-00000.arrow"),
@@ -64,9 +86,12 @@ CASES = [
     ("train-no-model", "train --data {t}/empty-data", "model"),
     ("train-model-missing", "train --model {t}/nope --data {t}/empty-data", "nope"),
     ("train-empty-shard", "train --model {t}/nope --data {t}/empty-data", "part-00000.arrow"),
+    ("train-incomplete-data", "train --model {t}/nope --data {t}/incomplete-data", "complete"),
     ("train-lr-string", "train --optim.lr fast --model x --data {t}", "optim.lr"),
     ("run-types", "run {t}/run.yaml", "gen.num_docs"),
     ("run-missing", "run {t}/nope.yaml", "nope.yaml"),
+    ("run-damaged-shard", "run {t}/run-damaged.yaml", "part-00000.arrow"),
+    ("filter-incomplete", "filter {t}/incomplete-data --out {t}/f", "complete"),
     ("run-list", "run {t}/list.yaml", "list.yaml"),
     ("plan-missing", "plan --config {t}/nope.yaml", "nope.yaml"),
     ("plan-gpu", "plan --config {t}/bad.yaml --gpu tpu-v9", "tpu-v9"),
