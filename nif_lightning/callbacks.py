@@ -1,4 +1,5 @@
-"""Callbacks: PEFT adapter export, an fp16 loss-scale / NaN guard, and throughput with MFU.
+"""Callbacks: `last.ckpt` on a schedule and on SIGTERM, PEFT adapter export, an fp16 loss-scale /
+NaN guard, and throughput with MFU.
 
 Export writes the stock PEFT format (`adapter_config.json` + `adapter_model.safetensors`) on
 rank 0 at every checkpoint and at the end, so `PeftModel.from_pretrained` and `nif merge` read
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -30,6 +33,101 @@ def peak_tflops(device: torch.device) -> float | None:
 def flops_per_token(frozen: int, trainable: int) -> float:
     """Training FLOPs per token with a frozen base: forward 2N + input-grad 2N, plus 6P for LoRA."""
     return 4.0 * frozen + 6.0 * trainable
+
+
+class LastCheckpoint(L.Callback):
+    """Write `path` (`last.ckpt`) every `every_n_steps` optimizer steps or `every_minutes`,
+    whichever comes first, after each validation, at the end of training, and when SIGTERM asks
+    the run to stop; `terminated` then says so (the caller exits without merging).
+
+    Saves happen only at optimizer-step boundaries, so a resumed run never restarts inside an
+    accumulation. Every rank decides together (a boolean all-reduce each step: any rank's clock,
+    any rank's SIGTERM), since a DeepSpeed save is collective and a lone saver would hang.
+    Lightning's own SIGTERM handling (it sets `trainer.received_sigterm`, forwards the signal
+    to the ranks it launched, keeps SLURM's requeue handler) raises `SIGTERMException` at the end
+    of any micro-batch; the flag is taken over here and acted on at the step boundary instead.
+    """
+
+    def __init__(
+        self, path: str | Path, every_n_steps: int | None = None, every_minutes: float = 10.0
+    ) -> None:
+        self.path = Path(path)
+        self.every_n_steps = every_n_steps
+        self.every_seconds = every_minutes * 60.0
+        self.terminated = False
+        self._sigterm = False
+        self._saved_step = -1
+        self._last_save = time.monotonic()
+        self._seen_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._saved_step = self._seen_step = trainer.global_step  # a resumed run's is on disk
+        self._last_save = time.monotonic()
+
+    def save(self, trainer: L.Trainer) -> None:
+        """Write next to `path`, then swap it in: a kill while writing leaves the last one whole."""
+        if trainer.global_step != self._saved_step:
+            partial = self.path.with_name(f".partial-{self.path.name}")
+            trainer.save_checkpoint(partial)
+            trainer.strategy.barrier("last-checkpoint-written")  # DeepSpeed: every rank's part
+            if trainer.is_global_zero:
+                _swap_in(partial, self.path)
+            trainer.strategy.barrier("last-checkpoint-swapped")
+            self._saved_step = trainer.global_step
+        self._last_save = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        connector = trainer._signal_connector  # Lightning's flag, set by its SIGTERM handler
+        if connector.received_sigterm:
+            connector.received_sigterm = False  # ours to act on at the step boundary
+            self._sigterm = True
+        stepped = trainer.global_step != self._seen_step
+        self._seen_step = trainer.global_step
+        if not stepped:
+            return  # inside an accumulation
+        strategy = trainer.strategy
+        if strategy.reduce_boolean_decision(self._sigterm, all=False):
+            self.save(trainer)
+            self.terminated = True
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException(143)
+        due = time.monotonic() - self._last_save >= self.every_seconds
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            due = True
+        if strategy.reduce_boolean_decision(due, all=False):
+            self.save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException) and not self.terminated:
+            # Lightning stopped the run itself (SIGTERM during validation, say). One rank can
+            # save alone; several may have stopped at different points, where a collective save
+            # would hang: they keep the last scheduled checkpoint.
+            self.terminated = True
+            if trainer.world_size == 1:
+                self.save(trainer)
+
+
+def _swap_in(partial: Path, path: Path) -> None:
+    """`partial` becomes `path` (a file: atomically; a DeepSpeed folder: two renames)."""
+    if partial.is_dir():
+        old = path.with_name(f".old-{path.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        partial.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, path)
 
 
 class AdapterExport(L.Callback):

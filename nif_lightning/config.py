@@ -227,6 +227,11 @@ class TrainerConfig(StrategyConfig):
     """Logging interval."""
     gradient_clip_val: float | None = 1.0
     """Gradient-norm clip (null to disable)."""
+    checkpoint_every_n_steps: int | None = None
+    """Also write `checkpoints/last.ckpt` every N optimizer steps (null: on time only)."""
+    checkpoint_every_minutes: float = 10.0
+    """Write `checkpoints/last.ckpt` when this many minutes passed since the last one, whatever
+    validation does: a kill loses at most about this much training."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -238,6 +243,16 @@ class TrainerConfig(StrategyConfig):
             raise ValueError(
                 "`trainer.accumulate_grad_batches` must be >= 1, "
                 f"got {self.accumulate_grad_batches}"
+            )
+        if self.checkpoint_every_n_steps is not None and self.checkpoint_every_n_steps < 1:
+            raise ValueError(
+                "`trainer.checkpoint_every_n_steps` must be >= 1 or null, "
+                f"got {self.checkpoint_every_n_steps}"
+            )
+        if not self.checkpoint_every_minutes > 0:
+            raise ValueError(
+                "`trainer.checkpoint_every_minutes` must be > 0, "
+                f"got {self.checkpoint_every_minutes}"
             )
 
 
@@ -487,4 +502,35 @@ def check_train_inputs(
                 )
             except (ValueError, FileNotFoundError) as err:
                 problems.append(str(err))
+    return problems + _device_problems(cfg.trainer, flags)
+
+
+def _device_problems(t: TrainerConfig, flags: bool) -> list[str]:
+    """More devices than this node has, or DeepSpeed without its package: one line each, before
+    Lightning starts a process per device (each would fail with its own traceback)."""
+    import os
+
+    import torch
+
+    from nif_lightning.strategy import uses_deepspeed
+
+    problems = []
+    key = "`trainer.devices`" + (" (`--devices`)" if flags else "")
+    if isinstance(t.devices, int):
+        if torch.cuda.is_available():
+            have, what = torch.cuda.device_count(), "CUDA GPUs"
+        else:  # CPU ranks: one process each, on a core of its own
+            cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+            have = len(cores) if cores else os.cpu_count() or 1
+            what = "CPU cores (no CUDA GPU)"
+        if t.devices > have:
+            problems.append(f"{key} is {t.devices}, but this machine has {have} {what}")
+    if uses_deepspeed(t):
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError as err:
+            problems.append(
+                "`trainer.strategy: deepspeed` needs the deepspeed package "
+                f"(pip install deepspeed): {err}"
+            )
     return problems

@@ -5,12 +5,17 @@
 of the same architecture, typically its Instruct/chat variant — W_target + scaling * B @ A for
 every adapted Linear (the chat-vector style transfer of the paper). Every adapted weight is
 checked for presence and shape before anything is written.
+
+The merged model is written to a hidden folder beside `out_dir` and renamed into place when
+complete: a kill during a merge never leaves a half-written `merged/`, and an older one is
+replaced only by a whole new one.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -111,7 +116,6 @@ def merge_adapter(
     if into is not None:
         check_model(into, what="`--into`")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if into is None:
         from peft import PeftModel
 
@@ -119,6 +123,24 @@ def merge_adapter(
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     else:
         model = merge_lora_into(AutoModelForCausalLM.from_pretrained(target, dtype="auto"), adapter)
-    model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(target).save_pretrained(out)
+    partial = out.with_name(f".partial-{out.name}")
+    shutil.rmtree(partial, ignore_errors=True)  # a killed merge's
+    partial.mkdir(parents=True)
+    try:
+        model.save_pretrained(partial, safe_serialization=True)
+        AutoTokenizer.from_pretrained(target).save_pretrained(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _replace_dir(partial, out)
     return out
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    """`new` becomes `dest`; an existing `dest` is moved aside first and removed after."""
+    old = dest.with_name(f".old-{dest.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    new.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)

@@ -8,10 +8,22 @@ forced: an out-of-memory error an hour into loading a 70B model is the failure t
 
 Layout of OUT: `adapter/` (PEFT), `merged/` (safetensors + tokenizer), `checkpoints/` (Lightning,
 LoRA params only, `last.ckpt` for `--resume`: a file, or a folder under DeepSpeed), `logs/`.
+
+One run per OUT: rank 0 holds an exclusive lock on `OUT/.train.lock` for the whole run (fit and
+merge), and a folder that already holds checkpoints is refused unless the run resumes from them
+(`--resume`; `nif run` resumes by itself; a SLURM job that was requeued, too).
+`checkpoints/last.ckpt` is written on a schedule of its own (`trainer.checkpoint_every_n_steps`,
+`trainer.checkpoint_every_minutes`), after each validation, at the end, and on SIGTERM, after
+which the run exits with `TrainingTerminated` (code 143, like a process killed by SIGTERM).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
+import socket
+import sys
 from pathlib import Path
 
 from nif_lightning.config import TrainConfig
@@ -20,6 +32,93 @@ from nif_lightning.memory import PlanError  # memory.py imports torch only insid
 
 class PlanDoesNotFit(PlanError):
     """The memory plan of a run exceeds its GPU (refused before anything heavy starts)."""
+
+
+class OutputFolderInUse(ValueError):
+    """OUT is being trained into by another process, or holds an earlier run's checkpoints and
+    this run does not resume (bad input: `nif train` exits 2)."""
+
+
+class TrainingTerminated(SystemExit):
+    """SIGTERM stopped training after `last.ckpt` was saved; exits with 143 (128 + SIGTERM).
+    A `SystemExit`, so that a process ends with that code whoever called `run_training`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(143)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TrainLock:
+    """An exclusive `flock` on `OUT/.train.lock` that names its holder (pid@host) in the file.
+
+    Taken by global rank 0 only: the ranks Lightning launches (and those of other nodes) are the
+    same run. The kernel releases it when the holder dies, so a killed run never blocks the next.
+    On network filesystems `flock` is as good as the filesystem's locking.
+    """
+
+    def __init__(self, out: str | Path) -> None:
+        self.path = Path(out) / ".train.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> TrainLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise OutputFolderInUse(
+                f"{self.path.parent} is being trained into by {holder} (lock {self.path}); "
+                "wait for it to finish or choose another `--out`"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _default_sigterm():
+    """Set SIGTERM's default action; returns the handler it replaced (None off the main thread,
+    where signals cannot be set)."""
+    try:
+        return signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:
+        return None
+
+
+def checkpoint_to_resume(out: str | Path, *, resume: bool) -> Path | None:
+    """The checkpoint this run starts from, or None for a fresh start.
+
+    Checkpoints in OUT (`checkpoints/*.ckpt`, Lightning's SLURM `hpc_ckpt_*.ckpt`) without
+    `resume` raise `OutputFolderInUse`: starting over there would mix two runs. A job SLURM has
+    requeued (`SLURM_RESTART_COUNT` > 0) runs its command again unchanged, so it resumes. The
+    newest of `last.ckpt` and the SLURM checkpoints wins.
+    """
+    out = Path(out)
+    found = sorted((out / "checkpoints").glob("*.ckpt")) + sorted(out.glob("hpc_ckpt_*.ckpt"))
+    if not found:
+        return None
+    requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+    if not (resume or requeued):
+        names = ", ".join(str(p.relative_to(out)) for p in found[:3])
+        raise OutputFolderInUse(
+            f"{out} holds checkpoints of an earlier run ({names}); pass `--resume` to continue "
+            "it, or choose a new `--out` folder to start over"
+        )
+    candidates = [out / "checkpoints" / "last.ckpt", *out.glob("hpc_ckpt_*.ckpt")]
+    candidates = [p for p in candidates if p.exists()]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
 def is_global_zero() -> bool:
@@ -74,7 +173,7 @@ def build_trainer(cfg: TrainConfig, out: Path):
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from nif_lightning.callbacks import AdapterExport, LossScaleGuard, Throughput
+    from nif_lightning.callbacks import AdapterExport, LastCheckpoint, LossScaleGuard, Throughput
     from nif_lightning.strategy import build_strategy
 
     t = cfg.trainer
@@ -95,7 +194,13 @@ def build_trainer(cfg: TrainConfig, out: Path):
         default_root_dir=out,
         logger=CSVLogger(out, name="logs"),
         callbacks=[
-            ModelCheckpoint(out / "checkpoints", save_last=True, save_top_k=1, monitor="val/loss"),
+            # The best by validation loss; `last.ckpt` is LastCheckpoint's, on its own schedule.
+            ModelCheckpoint(out / "checkpoints", save_top_k=1, monitor="val/loss"),
+            LastCheckpoint(
+                out / "checkpoints" / "last.ckpt",
+                every_n_steps=t.checkpoint_every_n_steps,
+                every_minutes=t.checkpoint_every_minutes,
+            ),
             AdapterExport(out / "adapter"),
             LossScaleGuard(),
             Throughput(),
@@ -112,14 +217,29 @@ def run_training(
 ) -> Path:
     """Train per `cfg`; returns OUT. `force` starts a run whose memory plan does not fit;
     `checkpointing` is the gate's answer when the caller has planned already (`nif run` plans
-    before `gen`), else the run is planned here."""
+    before `gen`), else the run is planned here.
+
+    Raises `OutputFolderInUse` when another run holds OUT or OUT holds checkpoints and not
+    `resume`, and `TrainingTerminated` (exit 143) after SIGTERM saved `last.ckpt`."""
+    out = Path(cfg.out)
+    ckpt = checkpoint_to_resume(out, resume=resume)  # every rank: none starts a mixed run
+    if resume and ckpt is None:
+        raise FileNotFoundError(f"`--resume`: no checkpoint in {out / 'checkpoints'}")
+    if not is_global_zero():
+        return _train(cfg, out, ckpt, force, checkpointing)
+    with TrainLock(out):
+        ckpt = checkpoint_to_resume(out, resume=resume)  # again, now that no one else writes
+        return _train(cfg, out, ckpt, force, checkpointing)
+
+
+def _train(cfg: TrainConfig, out: Path, ckpt: Path | None, force, checkpointing) -> Path:
     import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from nif_lightning.data import NifDataModule
     from nif_lightning.merge import merge_adapter
     from nif_lightning.module import NifLoraModule
 
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.model.tiny and not (Path(cfg.model.path) / "config.json").is_file():
         from nif_lightning.tiny_model import save_tiny_model
@@ -141,8 +261,22 @@ def run_training(
         seed=cfg.seed,
     )
     trainer = build_trainer(cfg, out)
-    ckpt = str(out / "checkpoints" / "last.ckpt") if resume else None
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    # During fit SIGTERM is Lightning's alone (it composes with a handler already set, and the
+    # CLI's turns SIGTERM into Ctrl-C, which Lightning ends with exit 1 and no checkpoint).
+    previous = _default_sigterm()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    except SIGTERMException:
+        message = (
+            f"terminated (SIGTERM) at step {trainer.global_step}; {out / 'checkpoints'} holds "
+            "the last checkpoint: re-run the same command with `--resume` to continue"
+        )
+        if trainer.is_global_zero:
+            print(message, file=sys.stderr)
+        raise TrainingTerminated(message) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if trainer.is_global_zero:
         merge_adapter(cfg.model.path, out / "adapter", out / "merged")
     return out

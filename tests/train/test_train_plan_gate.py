@@ -94,7 +94,8 @@ def test_nif_train_refuses_before_loading_anything(
     )
     err = capsys.readouterr().err
     assert code == 2 and "nif train:" in err and "--force" in err and "Traceback" not in err
-    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # no checkpoint, log, adapter
+    # No checkpoint, log, adapter: only the (released, empty) lock of `nif train`.
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".train.lock"]
 
 
 def test_a_run_the_planner_cannot_probe_is_refused_unless_forced(cfg, monkeypatch):
