@@ -106,13 +106,17 @@ def exit_code(err: BaseException) -> int | None:
     provider stopped the run (spend limit, rejected key); None: a bug, shown as a traceback."""
     from data_gen.llm.errors import RunStopped
     from data_gen.schema import ConfigError
-
     from data_gen.store import FolderError
 
     if isinstance(err, (ConfigError, FolderError)):
         return 2
     if isinstance(err, RunStopped):
         return 3
+    if "nif_lightning.recipes.train" in sys.modules:
+        from nif_lightning.recipes.train import OutputFolderInUse
+
+        if isinstance(err, OutputFolderInUse):
+            return 2
     if "nif_lightning.memory" in sys.modules:
         from nif_lightning.memory import PlanError
 

@@ -184,9 +184,11 @@ def _filter(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _train(cfg: RunConfig, *, checkpointing: bool | None = None) -> dict[str, Any]:
-    from nif_lightning.recipes.train import run_training
+    from nif_lightning.recipes.train import checkpoint_to_resume, run_training
 
-    resume = (cfg.run_dir / "checkpoints" / "last.ckpt").exists()  # a file, or DeepSpeed's folder
+    # An interrupted train stage continues from its newest checkpoint (last.ckpt, a file or
+    # DeepSpeed's folder, or a SLURM hpc_ckpt); none: it starts.
+    resume = checkpoint_to_resume(cfg.run_dir, resume=True) is not None
     run_training(cfg.train, resume=resume, checkpointing=checkpointing)
     return {"resumed": resume}
 

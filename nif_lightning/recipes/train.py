@@ -107,6 +107,8 @@ def checkpoint_to_resume(out: str | Path, *, resume: bool) -> Path | None:
     """
     out = Path(out)
     found = sorted((out / "checkpoints").glob("*.ckpt")) + sorted(out.glob("hpc_ckpt_*.ckpt"))
+    # `.partial-last.ckpt`: a save a kill cut short, not a checkpoint (the next save replaces it).
+    found = [p for p in found if not p.name.startswith(".")]
     if not found:
         return None
     requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0

@@ -122,3 +122,22 @@ def test_bad_input_is_one_clear_message(tmp_path, case, argv, named, monkeypatch
     assert "Traceback" not in text
     assert 1 <= len(lines) <= 3, text
     assert named in text, text
+
+
+def test_train_refuses_a_folder_with_checkpoints_and_too_many_devices(
+    tmp_path, tiny, write_builtin_shard, capsys
+):
+    """Two refusals that need a real model and data to get that far: an OUT holding an earlier
+    run's checkpoints (without `--resume`), and more devices than the machine has."""
+    data = write_builtin_shard(tmp_path / "data", 8, 80, 40)
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    base = ["train", "--model", str(tiny), "--data", str(data), "--max-steps", "1"]
+    for argv, named in (
+        ([*base, "--out", str(out)], "--resume"),
+        ([*base, "--out", str(tmp_path / "new"), "--devices", "4096"], "trainer.devices"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert named in err and "Traceback" not in err and len(err.strip().splitlines()) <= 3
