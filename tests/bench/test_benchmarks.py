@@ -28,6 +28,7 @@ def test_bench_lora_kernel_rows():
             assert r[f"{name}_fwd_ms"] > 0 and r[f"{name}_fwdbwd_ms"] > 0
         # On a CPU "ours" must be the torch path in fp32 (Triton would only run interpreted).
         assert r["ours_path"] == "torch" and r["dtype"] == "float32"
+        assert r["roofline"] is None and not r["autocast"]  # a CPU has no peak table entry
 
 
 def test_bench_train_rows():
