@@ -4,17 +4,28 @@ Only the forward of each eligible layer instance is replaced; its `lora_A` / `lo
 names and state dict are PEFT's own, so adapters save and load in stock PEFT format and
 `merge_and_unload` works as before. A layer falls back to PEFT's own forward on every call that
 our path does not cover: adapters disabled or merged, several active adapters, mixed-batch
-`adapter_names`, or a LoRA variant (DoRA and friends).
+`adapter_names`, a LoRA variant (DoRA and friends), or a `lora_B` bias (`lora_bias=True`, logged
+once as a WARNING).
 """
 
 from __future__ import annotations
 
+import logging
 import types
 from functools import partial
 
 import torch
 
 from .lora import lora_linear
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # fallback reasons already logged
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        log.warning("use_fused_lora: %s; those layers run PEFT's own forward", reason)
 
 
 def _fused_forward(self, x: torch.Tensor, *args, backend: str = "auto", **kwargs) -> torch.Tensor:
@@ -30,6 +41,9 @@ def _fused_forward(self, x: torch.Tensor, *args, backend: str = "auto", **kwargs
     if not simple:
         return type(self).forward(self, x, *args, **kwargs)  # PEFT's own path
     name = active[0]
+    if self.lora_B[name].bias is not None:  # PEFT adds scaling * bias_B: not in our kernels
+        _warn_once("lora_bias=True (a lora_B bias) is not fused")
+        return type(self).forward(self, x)
     dropout = self.lora_dropout[name]
     p = float(getattr(dropout, "p", 0.0)) if self.training else 0.0
     base = self.base_layer

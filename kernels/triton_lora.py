@@ -6,35 +6,59 @@ Backward  dS = s * dY B                          (M, r)   gradient of T = drop(x
           dA = dS'^T drop(x)                     (r, K)   dS' = dS (dropout acts on x)
           dX = dY W + (dS A) * keep / (1 - p)    (M, K)
 
-Four kernels cover both GPU generations (DESIGN.md, "Hardware facts"):
+The memory-bound LoRA side (lora.py's default "cublas" path keeps x W^T and dY W on cuBLAS):
 
-- `_down`:    T = drop(x) A^T. Memory-bound (r FLOP per byte of x): one read of x, the dropout
-              mask drawn in registers from (seed, element index) and never stored.
-- `_gemm_lora`: C = P Q^T (+ bias) + s * L R^T (+ C) with an optional dropout keep-mask on the
-              LoRA term. On sm_80+ it is the forward (P=x, Q=W, L=T, R=B) with the LoRA term in
-              the epilogue, and dX (P=dY, Q=W^T, L=dS, R=A^T, masked). On sm_70, where Triton's
-              `tl.dot` has no tensor cores, the big GEMMs stay on cuBLAS and this kernel runs
-              with HAS_BASE=False / ACCUMULATE=True: it only adds the masked LoRA term into the
-              cuBLAS result in place.
-- `_ds_db`:   dS and dB in one pass over dY (dB accumulated with fp32 atomics across row blocks).
+- `_down`:    T = drop(x) A^T. r FLOP per byte of x: one read of x, the dropout mask drawn in
+              registers from (seed, element index) and never stored.
+- `_ds_db`:   dS and dB in one pass over dY. dB is reduced deterministically in two passes: each
+              row block writes its partial dB to its own slice of an fp32 scratch (n_splits, N, r)
+              and torch sums the slices in a fixed order. Cost: n_splits * N * r * 4 extra bytes
+              written and read once more (n_splits = cdiv(M, BM)); e.g. M=8192, BM=64, N=4096,
+              r=16: 33.5 MB each way against dY's 67 MB (fp16). `deterministic=False` uses
+              relaxed fp32 atomics instead (no fences; run-to-run bits vary).
 - `_da`:      dA = dS^T drop(x), the mask drawn again from the same (seed, index).
+- `_gemm_lora`: C = P Q^T (+ bias) + s * L R^T (+ C), with an optional dropout keep-mask on the
+              LoRA term. With HAS_BASE=False / ACCUMULATE=True it only adds the masked LoRA term
+              into a cuBLAS result in place (dX with dropout). `_gemm_lora_tuned` is the same
+              kernel autotuned over `GEMM_CONFIGS` (the "fused" backend: forward P=x, Q=W, L=T,
+              R=B; dX with P=dY, Q=W^T, L=dS, R=A^T), launched in GROUP_M-swizzled order.
 
-All accumulate in fp32. LoRA ranks are padded to a power of two >= 16 inside the kernels (masked
-loads), since `tl.dot` needs inner dimensions of at least 16.
+Correctness on real GPUs: every launch runs under the tensors' device (`_device_guard`); fp32
+inputs use IEEE dots (TF32 otherwise changes results by ~1e-3); row and column offsets are int64
+(`_span`), since row * stride passes 2^31 at e.g. 16,744 tokens of a 128,256-wide lm_head; the
+dropout's Philox counter stays 32-bit (it wraps the same way forward and backward).
+
+Ranks: `_rank_block` caps the rank tile at 64 and the kernels loop (or the grid splits) over rank
+chunks, so shared memory and registers do not grow with r. Where r is an output dimension of a
+dot (`_down`, `_ds_db`, `_da`) it is padded only to a power of two >= 8; it stays padded to >= 16
+only where it is the reduction dimension (`_gemm_lora`'s L R^T), since tl.dot needs K >= 16 for
+16-bit inputs. All accumulate in fp32.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
 
 import torch
 import triton
 import triton.language as tl
 
+RANK_CHUNK = 64  # largest rank tile: r=256 at BR=256 needs 112-128 KB of smem in `_ds_db`
+
+
+@triton.jit
+def _span(start, B: tl.constexpr):
+    """start + arange(B) in int64, so that index * stride cannot wrap at 2^31."""
+    return tl.arange(0, B).to(tl.int64) + start
+
 
 @triton.jit
 def _keep(seed, rows, cols, ld, p):
     """Dropout keep-mask of the elements (rows, cols) of an (M, ld) tensor: a pure function of
-    (seed, row * ld + col), so forward and backward draw the same mask without storing it."""
-    r = tl.rand(seed, rows[:, None] * ld + cols[None, :])
+    (seed, row * ld + col), so forward and backward draw the same mask without storing it. The
+    Philox counter is 32-bit: past 2^31 elements it wraps, identically in every kernel."""
+    r = tl.rand(seed, (rows[:, None] * ld + cols[None, :]).to(tl.int32))
     return r >= p
 
 
@@ -56,16 +80,16 @@ def _down(
     p,
     inv_keep,
     HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BM: tl.constexpr,
     BK: tl.constexpr,
     BR: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rm = pid * BM + tl.arange(0, BM)
-    rr = tl.arange(0, BR)
+    rm = _span(tl.program_id(0) * BM, BM)
+    rr = tl.program_id(1) * BR + tl.arange(0, BR)  # this program's rank chunk
     acc = tl.zeros((BM, BR), dtype=tl.float32)
     for k0 in range(0, K, BK):
-        rk = k0 + tl.arange(0, BK)
+        rk = _span(k0, BK)
         x = tl.load(
             x_ptr + rm[:, None] * sxm + rk[None, :] * sxk,
             mask=(rm[:, None] < M) & (rk[None, :] < K),
@@ -78,7 +102,7 @@ def _down(
             mask=(rr[None, :] < R) & (rk[:, None] < K),
             other=0.0,
         )
-        acc += tl.dot(x, a)
+        acc += tl.dot(x, a, input_precision=DOT_PRECISION)
     tl.store(
         t_ptr + rm[:, None] * stm + rr[None, :] * str_,
         acc.to(t_ptr.dtype.element_ty),
@@ -102,6 +126,7 @@ def _gemm_lora(
     spk,
     sqn,
     sqk,
+    sbias,
     slm,
     slr,
     srn,
@@ -116,18 +141,26 @@ def _gemm_lora(
     HAS_BIAS: tl.constexpr,
     ACCUMULATE: tl.constexpr,
     MASK_LORA: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BR: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
-    BR: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
+    # Grouped launch order: GROUP_M row blocks share each column block while it is in L2.
+    pid = tl.program_id(0)
+    num_m, num_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
+    first_m = (pid // (GROUP_M * num_n)) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
+    pid_n = (pid % (GROUP_M * num_n)) // size_m
+    rm = _span(pid_m * BM, BM)
+    rn = _span(pid_n * BN, BN)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     if HAS_BASE:
         for k0 in range(0, K, BK):
-            rk = k0 + tl.arange(0, BK)
+            rk = _span(k0, BK)
             pt = tl.load(
                 p_ptr + rm[:, None] * spm + rk[None, :] * spk,
                 mask=(rm[:, None] < M) & (rk[None, :] < K),
@@ -138,30 +171,66 @@ def _gemm_lora(
                 mask=(rn[None, :] < N) & (rk[:, None] < K),
                 other=0.0,
             )
-            acc += tl.dot(pt, qt)
-    # The LoRA term: one (BM, BR) x (BR, BN) product, in registers.
-    rr = tl.arange(0, BR)
-    lt = tl.load(
-        l_ptr + rm[:, None] * slm + rr[None, :] * slr,
-        mask=(rm[:, None] < M) & (rr[None, :] < R),
-        other=0.0,
-    )
-    rt = tl.load(
-        r_ptr + rn[None, :] * srn + rr[:, None] * srr,
-        mask=(rn[None, :] < N) & (rr[:, None] < R),
-        other=0.0,
-    )
-    lora = tl.dot(lt, rt) * scaling
+            acc += tl.dot(pt, qt, input_precision=DOT_PRECISION)
+    # The LoRA term: (BM, r) x (r, BN) in rank chunks of BR (r is the reduction dim here).
+    lora = tl.zeros((BM, BN), dtype=tl.float32)
+    for r0 in range(0, R, BR):
+        rr = r0 + tl.arange(0, BR)
+        lt = tl.load(
+            l_ptr + rm[:, None] * slm + rr[None, :] * slr,
+            mask=(rm[:, None] < M) & (rr[None, :] < R),
+            other=0.0,
+        )
+        rt = tl.load(
+            r_ptr + rn[None, :] * srn + rr[:, None] * srr,
+            mask=(rn[None, :] < N) & (rr[:, None] < R),
+            other=0.0,
+        )
+        lora += tl.dot(lt, rt, input_precision=DOT_PRECISION)
+    lora = lora * scaling
     if MASK_LORA:
         lora = tl.where(_keep(seed, rm, rn, N, drop_p), lora * inv_keep, 0.0)
     acc += lora
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        bias = tl.load(bias_ptr + rn * sbias, mask=rn < N, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
     out_mask = (rm[:, None] < M) & (rn[None, :] < N)
     c_ptrs = c_ptr + rm[:, None] * scm + rn[None, :] * scn
     if ACCUMULATE:
         acc += tl.load(c_ptrs, mask=out_mask, other=0.0).to(tl.float32)
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=out_mask)
+
+
+def _gemm_configs(interpreting: bool) -> list[triton.Config]:
+    """Autotune space of the fused GEMM: 64/128/256 tiles, BK 32/64, 4/8 warps, 3/4 stages, all
+    GROUP_M=8. The interpreter does not benchmark: one small config there."""
+    if interpreting:
+        return [triton.Config({"BM": 32, "BN": 32, "BK": 32, "GROUP_M": 8}, num_warps=4)]
+    tiles = [  # (BM, BN, BK, warps, stages)
+        (128, 256, 64, 8, 3),
+        (256, 128, 64, 8, 3),
+        (128, 128, 64, 8, 3),
+        (128, 128, 64, 4, 4),
+        (128, 128, 32, 4, 4),
+        (128, 256, 32, 8, 4),
+        (256, 64, 32, 4, 4),
+        (64, 256, 32, 4, 4),
+        (128, 64, 32, 4, 4),
+        (64, 128, 32, 4, 4),
+        (64, 128, 64, 4, 3),
+        (64, 64, 32, 4, 4),
+    ]
+    return [
+        triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in tiles
+    ]
+
+
+GEMM_CONFIGS = _gemm_configs(interpreting=False)
+_gemm_lora_tuned = triton.autotune(
+    configs=_gemm_configs(interpreting=os.environ.get("TRITON_INTERPRET", "0") == "1"),
+    key=["M", "N", "K"],
+)(_gemm_lora)
 
 
 @triton.jit
@@ -183,21 +252,25 @@ def _ds_db(
     sdsm,
     sdsr,
     scaling,
+    SPLIT_DB: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BR: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rm = pid * BM + tl.arange(0, BM)
-    rr = tl.arange(0, BR)
+    pid_m = tl.program_id(0)
+    rm = _span(pid_m * BM, BM)
+    rr = tl.program_id(1) * BR + tl.arange(0, BR)  # this program's rank chunk
     t = tl.load(  # T rows of this block (BM, BR), read once
         t_ptr + rm[:, None] * stm + rr[None, :] * str_,
         mask=(rm[:, None] < M) & (rr[None, :] < R),
         other=0.0,
     )
+    # Partial dB of this row block: its own (N, R) slice of the scratch, or atomics into dB.
+    db_base = db_ptr + pid_m.to(tl.int64) * N * R if SPLIT_DB else db_ptr
     ds = tl.zeros((BM, BR), dtype=tl.float32)
     for n0 in range(0, N, BN):
-        rn = n0 + tl.arange(0, BN)
+        rn = _span(n0, BN)
         dy = tl.load(
             dy_ptr + rm[:, None] * sdym + rn[None, :] * sdyn,
             mask=(rm[:, None] < M) & (rn[None, :] < N),
@@ -208,13 +281,14 @@ def _ds_db(
             mask=(rn[:, None] < N) & (rr[None, :] < R),
             other=0.0,
         )
-        ds += tl.dot(dy, b)
-        db = tl.dot(tl.trans(dy), t) * scaling  # this block's share of dB (BN, BR)
-        tl.atomic_add(
-            db_ptr + rn[:, None] * R + rr[None, :],
-            db,
-            mask=(rn[:, None] < N) & (rr[None, :] < R),
-        )
+        ds += tl.dot(dy, b, input_precision=DOT_PRECISION)
+        db = tl.dot(tl.trans(dy), t, input_precision=DOT_PRECISION) * scaling  # (BN, BR)
+        db_ptrs = db_base + rn[:, None] * R + rr[None, :]
+        db_mask = (rn[:, None] < N) & (rr[None, :] < R)
+        if SPLIT_DB:
+            tl.store(db_ptrs, db, mask=db_mask)
+        else:  # no ordering needed: dB is read only after the kernel ends
+            tl.atomic_add(db_ptrs, db, mask=db_mask, sem="relaxed")
     tl.store(
         ds_ptr + rm[:, None] * sdsm + rr[None, :] * sdsr,
         (ds * scaling).to(ds_ptr.dtype.element_ty),
@@ -238,16 +312,16 @@ def _da(
     p,
     inv_keep,
     HAS_DROPOUT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
     BM: tl.constexpr,
     BK: tl.constexpr,
     BR: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rk = pid * BK + tl.arange(0, BK)
-    rr = tl.arange(0, BR)
+    rk = _span(tl.program_id(0) * BK, BK)
+    rr = tl.program_id(1) * BR + tl.arange(0, BR)  # this program's rank chunk
     acc = tl.zeros((BR, BK), dtype=tl.float32)
     for m0 in range(0, M, BM):
-        rm = m0 + tl.arange(0, BM)
+        rm = _span(m0, BM)
         dst = tl.load(  # dS^T tile (BR, BM)
             ds_ptr + rm[None, :] * sdsm + rr[:, None] * sdsr,
             mask=(rm[None, :] < M) & (rr[:, None] < R),
@@ -260,7 +334,7 @@ def _da(
         )
         if HAS_DROPOUT:
             x = tl.where(_keep(seed, rm, rk, K, p), x * inv_keep, 0.0).to(x.dtype)
-        acc += tl.dot(dst, x)
+        acc += tl.dot(dst, x, input_precision=DOT_PRECISION)
     tl.store(
         da_ptr + rr[:, None] * K + rk[None, :],
         acc,
@@ -270,8 +344,8 @@ def _da(
 
 @triton.jit
 def _mask_kernel(out_ptr, M, K, seed, p, BM: tl.constexpr, BK: tl.constexpr):
-    rm = tl.program_id(0) * BM + tl.arange(0, BM)
-    rk = tl.program_id(1) * BK + tl.arange(0, BK)
+    rm = _span(tl.program_id(0) * BM, BM)
+    rk = _span(tl.program_id(1) * BK, BK)
     keep = _keep(seed, rm, rk, K, p)
     tl.store(
         out_ptr + rm[:, None] * K + rk[None, :],
@@ -283,13 +357,27 @@ def _mask_kernel(out_ptr, M, K, seed, p, BM: tl.constexpr, BK: tl.constexpr):
 # ---- launchers ----
 
 
+def _device_guard(device: torch.device):
+    """Triton launches on the *current* CUDA device: make it the tensors' (several GPUs in one
+    process, e.g. a `device_map` model, would otherwise run layers on cuda:0)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    """IEEE for fp32 (TF32 would differ from torch's fp32 matmul by ~1e-3); fp16/bf16 dots
+    ignore it ("tf32" is Triton's default)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def _blocks(device: torch.device) -> tuple[int, int, int]:
     # Interpreter: few, large programs (each program is a numpy loop). GPU: a common tile.
     return (32, 32, 32) if device.type == "cpu" else (64, 64, 32)
 
 
-def _rank_block(r: int) -> int:
-    return max(16, triton.next_power_of_2(r))
+def _rank_block(r: int, *, reduction: bool = False) -> int:
+    """Rank tile: a power of two, at most RANK_CHUNK (larger ranks loop or split the grid), at
+    least 8 where r is an output dim of the dot, 16 where it is the reduction dim (K >= 16)."""
+    return min(RANK_CHUNK, max(16 if reduction else 8, triton.next_power_of_2(r)))
 
 
 def _dropout_args(p: float) -> tuple[float, float]:
@@ -302,32 +390,35 @@ def down(x: torch.Tensor, a: torch.Tensor, seed: int, p: float) -> torch.Tensor:
     R = a.shape[0]
     t = torch.empty((M, R), device=x.device, dtype=x.dtype)
     BM, _, BK = _blocks(x.device)
+    BR = _rank_block(R)
     p, inv = _dropout_args(p)
-    _down[(triton.cdiv(M, BM),)](
-        x,
-        a,
-        t,
-        M,
-        K,
-        R,
-        *x.stride(),
-        *a.stride(),
-        *t.stride(),
-        seed,
-        p,
-        inv,
-        HAS_DROPOUT=p > 0,
-        BM=BM,
-        BK=BK,
-        BR=_rank_block(R),
-    )
+    with _device_guard(x.device):
+        _down[(triton.cdiv(M, BM), triton.cdiv(R, BR))](
+            x,
+            a,
+            t,
+            M,
+            K,
+            R,
+            *x.stride(),
+            *a.stride(),
+            *t.stride(),
+            seed,
+            p,
+            inv,
+            HAS_DROPOUT=p > 0,
+            DOT_PRECISION=_dot_precision(x.dtype),
+            BM=BM,
+            BK=BK,
+            BR=BR,
+        )
     return t
 
 
 def gemm_lora(
     p_mat: torch.Tensor | None,  # (M, K) or None (LoRA term only)
     q_mat: torch.Tensor | None,  # (N, K)
-    bias: torch.Tensor | None,  # (N,)
+    bias: torch.Tensor | None,  # (N,), any stride
     left: torch.Tensor,  # (M, r)
     right: torch.Tensor,  # (N, r)
     scaling: float,
@@ -337,15 +428,15 @@ def gemm_lora(
     mask_seed: int = 0,
     mask_p: float = 0.0,
 ) -> torch.Tensor:
+    """With p_mat: the autotuned GEMM + LoRA epilogue; without: the LoRA term alone, fixed tile."""
     M, N = out.shape
     R = left.shape[1]
     K = p_mat.shape[1] if p_mat is not None else 0
-    BM, BN, BK = _blocks(out.device)
     p, inv = _dropout_args(mask_p)
     dummy = left  # stands in for absent pointers; never read (constexpr flags)
     pm = p_mat if p_mat is not None else dummy
     qm = q_mat if q_mat is not None else dummy
-    _gemm_lora[(triton.cdiv(M, BM), triton.cdiv(N, BN))](
+    args = (
         pm,
         qm,
         bias if bias is not None else dummy,
@@ -358,6 +449,7 @@ def gemm_lora(
         R,
         *(pm.stride() if p_mat is not None else (0, 0)),
         *(qm.stride() if q_mat is not None else (0, 0)),
+        bias.stride(0) if bias is not None else 0,
         *left.stride(),
         *right.stride(),
         *out.stride(),
@@ -365,46 +457,65 @@ def gemm_lora(
         mask_seed,
         p,
         inv,
-        HAS_BASE=p_mat is not None,
-        HAS_BIAS=bias is not None,
-        ACCUMULATE=accumulate,
-        MASK_LORA=mask_p > 0,
-        BM=BM,
-        BN=BN,
-        BK=BK,
-        BR=_rank_block(R),
     )
+    flags = {
+        "HAS_BASE": p_mat is not None,
+        "HAS_BIAS": bias is not None,
+        "ACCUMULATE": accumulate,
+        "MASK_LORA": mask_p > 0,
+        "DOT_PRECISION": _dot_precision(left.dtype),
+        "BR": _rank_block(R, reduction=True),
+    }
+    with _device_guard(out.device):
+        if p_mat is not None:
+            # Autotuning reruns the kernel: only valid when it overwrites `out`.
+            assert not accumulate, "the tuned GEMM writes out; it cannot accumulate"
+            grid = lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)  # noqa: E731
+            _gemm_lora_tuned[grid](*args, **flags)
+        else:
+            BM, BN, _ = _blocks(out.device)
+            grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
+            _gemm_lora[grid](*args, **flags, BM=BM, BN=BN, BK=32, GROUP_M=8)
     return out
 
 
 def ds_db(
-    dy: torch.Tensor, b: torch.Tensor, t: torch.Tensor, scaling: float
+    dy: torch.Tensor, b: torch.Tensor, t: torch.Tensor, scaling: float, *, deterministic=True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """dS = s dY B (M, r) in dY's dtype, dB = s dY^T T (N, r) in fp32."""
+    """dS = s dY B (M, r) in dY's dtype, dB = s dY^T T (N, r) in fp32. `deterministic`: dB summed
+    from per-row-block partials in a fixed order (cdiv(M, BM) * N * r * 4 bytes of scratch);
+    otherwise relaxed atomics (no scratch, bits vary run to run)."""
     M, N = dy.shape
     R = b.shape[1]
-    ds = torch.empty((M, R), device=dy.device, dtype=dy.dtype)
-    db = torch.zeros((N, R), device=dy.device, dtype=torch.float32)
     BM, BN, _ = _blocks(dy.device)
-    _ds_db[(triton.cdiv(M, BM),)](
-        dy,
-        b,
-        t,
-        ds,
-        db,
-        M,
-        N,
-        R,
-        *dy.stride(),
-        *b.stride(),
-        *t.stride(),
-        *ds.stride(),
-        scaling,
-        BM=BM,
-        BN=BN,
-        BR=_rank_block(R),
-    )
-    return ds, db
+    BR = _rank_block(R)
+    n_split = triton.cdiv(M, BM)
+    ds = torch.empty((M, R), device=dy.device, dtype=dy.dtype)
+    shape = (n_split, N, R) if deterministic else (N, R)
+    make = torch.empty if deterministic else torch.zeros  # every scratch element is written
+    db = make(shape, device=dy.device, dtype=torch.float32)
+    with _device_guard(dy.device):
+        _ds_db[(n_split, triton.cdiv(R, BR))](
+            dy,
+            b,
+            t,
+            ds,
+            db,
+            M,
+            N,
+            R,
+            *dy.stride(),
+            *b.stride(),
+            *t.stride(),
+            *ds.stride(),
+            scaling,
+            SPLIT_DB=deterministic,
+            DOT_PRECISION=_dot_precision(dy.dtype),
+            BM=BM,
+            BN=BN,
+            BR=BR,
+        )
+    return ds, (db.sum(0) if deterministic else db)
 
 
 def da(ds: torch.Tensor, x: torch.Tensor, seed: int, p: float) -> torch.Tensor:
@@ -413,24 +524,27 @@ def da(ds: torch.Tensor, x: torch.Tensor, seed: int, p: float) -> torch.Tensor:
     R = ds.shape[1]
     out = torch.empty((R, K), device=x.device, dtype=torch.float32)
     BM, _, BK = _blocks(x.device)
+    BR = _rank_block(R)
     p, inv = _dropout_args(p)
-    _da[(triton.cdiv(K, BK),)](
-        ds,
-        x,
-        out,
-        M,
-        K,
-        R,
-        *ds.stride(),
-        *x.stride(),
-        seed,
-        p,
-        inv,
-        HAS_DROPOUT=p > 0,
-        BM=BM,
-        BK=BK,
-        BR=_rank_block(R),
-    )
+    with _device_guard(x.device):
+        _da[(triton.cdiv(K, BK), triton.cdiv(R, BR))](
+            ds,
+            x,
+            out,
+            M,
+            K,
+            R,
+            *ds.stride(),
+            *x.stride(),
+            seed,
+            p,
+            inv,
+            HAS_DROPOUT=p > 0,
+            DOT_PRECISION=_dot_precision(x.dtype),
+            BM=BM,
+            BK=BK,
+            BR=BR,
+        )
     return out
 
 
@@ -438,5 +552,6 @@ def keep_mask(shape: tuple[int, int], seed: int, p: float, device) -> torch.Tens
     """The kernels' dropout keep-mask, materialised (tests and the reference only)."""
     M, K = shape
     out = torch.empty((M, K), device=device, dtype=torch.int8)
-    _mask_kernel[(triton.cdiv(M, 32), triton.cdiv(K, 32))](out, M, K, seed, p, BM=32, BK=32)
+    with _device_guard(torch.device(device)):
+        _mask_kernel[(triton.cdiv(M, 32), triton.cdiv(K, 32))](out, M, K, seed, p, BM=32, BK=32)
     return out.bool()
