@@ -232,6 +232,10 @@ class TrainerConfig(StrategyConfig):
     checkpoint_every_minutes: float = 10.0
     """Write `checkpoints/last.ckpt` when this many minutes passed since the last one, whatever
     validation does: a kill loses at most about this much training."""
+    profiler: Literal["none", "simple", "pytorch"] = "none"
+    """Profile the run into OUT/profile/: "simple" times Lightning's hooks; "pytorch" records a
+    few steps with the PyTorch profiler (a Chrome trace and an op table; our LoRA op shows as
+    `nif::lora_*`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -7,7 +7,8 @@ needs, and a plan that does not fit is refused (with the knobs that would make i
 forced: an out-of-memory error an hour into loading a 70B model is the failure this prevents.
 
 Layout of OUT: `adapter/` (PEFT), `merged/` (safetensors + tokenizer), `checkpoints/` (Lightning,
-LoRA params only, `last.ckpt` for `--resume`: a file, or a folder under DeepSpeed), `logs/`.
+LoRA params only, `last.ckpt` for `--resume`: a file, or a folder under DeepSpeed), `logs/`,
+and with `trainer.profiler` set, `profile/` (an op table; with "pytorch" also a Chrome trace).
 
 One run per OUT: rank 0 holds an exclusive lock on `OUT/.train.lock` for the whole run (fit and
 merge), and a folder that already holds checkpoints is refused unless the run resumes from them
@@ -170,6 +171,47 @@ def plan_gate(cfg: TrainConfig, *, force: bool = False, gpu=None, log=print) -> 
     return plan.gradient_checkpointing
 
 
+def build_profiler(kind: str, out: Path):
+    """`trainer.profiler` as Lightning's profiler writing into OUT/profile/ (None for "none").
+
+    "pytorch" records CPU and CUDA activity for one window of steps per stage (training,
+    validation: wait 1, warmup 1, active 3), so a trace covers 3 steps whatever the run's
+    length. Each window writes a Chrome trace (`<stage>-rank<R>.pt.trace.json`, for
+    chrome://tracing or Perfetto) and an op table (`<stage>-rank<R>-ops.txt`, `key_averages`
+    by total time). Our LoRA op shows as `nif::lora_fwd` / `nif::lora_bwd`, its work as
+    `nif::lora_fwd.<backend>` (NVTX ranges of that name too)."""
+    if kind == "none":
+        return None
+    from lightning.pytorch.profilers import PyTorchProfiler, SimpleProfiler
+
+    dirpath = out / "profile"
+    if kind == "simple":
+        return SimpleProfiler(dirpath=dirpath, filename="profile")
+    import torch
+
+    def write_window(prof) -> None:  # at the end of each stage's window
+        # Lightning's schedule knows the step hook that closed the window (private, hence the
+        # fallback): "...Strategy.training_step" -> "training".
+        action = getattr(getattr(profiler, "_schedule", None), "_current_action", None)
+        stage = (action or "window").rsplit(".", 1)[-1].removesuffix("_step")
+        name = f"{stage}-rank{profiler.local_rank}"
+        dirpath.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(dirpath / f"{name}.pt.trace.json"))
+        sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"  # inclusive
+        table = prof.key_averages().table(sort_by=sort, row_limit=100)
+        (dirpath / f"{name}-ops.txt").write_text(table + "\n", encoding="utf-8")
+
+    # An explicit schedule: Lightning replaces its default one (the same) by "record every
+    # step" when an epoch has fewer than 5 batches.
+    profiler = PyTorchProfiler(
+        dirpath=dirpath,
+        filename="summary",  # Lightning's own table of the last window: a file, not the log
+        on_trace_ready=write_window,
+        schedule=torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1),
+    )
+    return profiler
+
+
 def build_trainer(cfg: TrainConfig, out: Path):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -194,6 +236,7 @@ def build_trainer(cfg: TrainConfig, out: Path):
         log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=t.gradient_clip_val,
         default_root_dir=out,
+        profiler=build_profiler(t.profiler, out),
         logger=CSVLogger(out, name="logs"),
         callbacks=[
             # The best by validation loss; `last.ckpt` is LastCheckpoint's, on its own schedule.
