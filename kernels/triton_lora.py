@@ -62,6 +62,12 @@ def _keep(seed, rows, cols, ld, p):
     return r >= p
 
 
+# V100 roofline (M=8192 rows, K=N=4096, fp16; 0.9 TB/s, 15.7 TF/s fp32 FMA: no HFMA2 in the PTX).
+# bytes 2MK + 2rK + 2Mr = 67.3 / 67.5 / 68.7 MB at r = 8 / 16 / 64: floor 75 / 75 / 76 us;
+# FLOPs 2MKr = 0.54 / 1.07 / 4.29 G: FMA 34 / 68 / 274 us -> 1.00 / 1.00 / 3.58x the floor
+# (r=32: 1.81x). FMA-bound from r ~ 17 (17 FLOP/B ridge): 1.3x holds at r <= 16 only.
+# sm_70 regs/spill bytes, p=0 | p=0.1, common 64x32 4 warps -> FMA_TILES (BM 64, BK 16, 8 warps):
+# r=8 124/0|128/0 -> 48/0|64/0; r=16 168/0|212/0 -> 64/0|80/0; r=64 255/496|255/516 -> 128/0|128/0.
 @triton.jit
 def _down(
     x_ptr,
@@ -110,6 +116,12 @@ def _down(
     )
 
 
+# V100 roofline (M=8192 rows, K=N=4096, fp16; 0.9 TB/s, 15.7 TF/s fp32 FMA: no HFMA2 in the PTX).
+# LoRA-only add (the cublas path's dX with dropout; p=0.1): bytes 4MK + 2Mr + 2Kr = 134.4 / 134.6 /
+# 135.8 MB at r = 8 / 16 / 64: floor 149 / 150 / 151 us; FLOPs 2MKr: FMA 34 / 68 / 274 us ->
+# 1.00 / 1.00 / 1.81x (r=32: 1.00x). sm_70 regs/spill bytes, 64x64 4 warps BR=r -> FMA_TILES
+# (64x64, BR 16, 8 warps): r=8 233/0 -> 128/0; r=16 233/0 -> 128/0; r=32 255/624 -> 128/0;
+# r=64 32/10608 -> 128/0. (The fused GEMM with HAS_BASE is not run on sm_7x.)
 @triton.jit
 def _gemm_lora(
     p_ptr,
@@ -233,6 +245,14 @@ _gemm_lora_tuned = triton.autotune(
 )(_gemm_lora)
 
 
+# V100 roofline (M=8192 rows, K=N=4096, fp16; 0.9 TB/s, 15.7 TF/s fp32 FMA: no HFMA2 in the PTX).
+# bytes 2MN + 2Nr + 4Mr + 4Nr = 67.6 / 68.0 / 70.8 MB at r = 8 / 16 / 64: floor 75 / 76 / 79 us,
+# plus the deterministic scratch 2 * (M/BM) * N * r * 4 = 34 / 67 / 268 MB (BM 64; write + sum);
+# FLOPs 4MNr = 1.07 / 2.15 / 8.59 G: FMA 68 / 137 / 547 us -> 1.50 / 1.99 / 6.96x the floor
+# (r=32: 3.57x). r=8 is bound by the scratch (atomics: 1.0x), r >= 16 by FMA (two dots per dY
+# element: ridge at r ~ 9), so 1.3x is out of reach on FMA; only tensor cores (cuBLAS) reach it.
+# sm_70 regs/spill bytes (p does not apply), common 64x64 4 warps -> FMA_TILES (BM 64, BN 16, 8 w):
+# r=8 255/76 -> 48/0; r=16 255/412 -> 64/0; r=32 255/484 -> 128/0; r=64 32/13144 -> 128/0.
 @triton.jit
 def _ds_db(
     dy_ptr,
@@ -296,6 +316,12 @@ def _ds_db(
     )
 
 
+# V100 roofline (M=8192 rows, K=N=4096, fp16; 0.9 TB/s, 15.7 TF/s fp32 FMA: no HFMA2 in the PTX).
+# bytes 2MK + 2Mr + 4rK = 67.4 / 67.6 / 69.2 MB at r = 8 / 16 / 64: floor 75 / 75 / 77 us;
+# FLOPs 2MKr = 0.54 / 1.07 / 4.29 G: FMA 34 / 68 / 274 us -> 1.00 / 1.00 / 3.56x (r=32: 1.81x).
+# sm_70 regs/spill bytes, p=0 | p=0.1, common 64x32 4 warps -> FMA_TILES (BM 32, BK 16, 4 warps;
+# 256 programs at K=4096): r=8 168/0|202/0 -> 64/0|91/0; r=16 168/0|212/0 -> 96/0|121/0;
+# r=32 255/204|255/232 -> 96/0|126/0; r=64 255/324|255/332 -> 168/0|168/0.
 @triton.jit
 def _da(
     ds_ptr,
@@ -380,6 +406,30 @@ def _rank_block(r: int, *, reduction: bool = False) -> int:
     return min(RANK_CHUNK, max(16 if reduction else 8, triton.next_power_of_2(r)))
 
 
+# sm_7x (V100, T4): Triton has no mma there, every tl.dot is fp32 FMA (fma.rn.f32 in the PTX,
+# no HFMA2) with both operand tiles held in registers. The common tiles spill there at r >= 16
+# (`_ds_db` 255 regs / 412 B at r=16, 13 KB at r=64); these do not spill at r <= 64, fp16,
+# dropout 0 or 0.1 (tests/kernels/test_kernels_sm70.py). The roofline block above each kernel
+# gives the numbers. Keys: BM/BN/BK/BR override the launcher's tile, num_warps the launch's.
+FMA_TILES = {
+    "down": {"BM": 64, "BK": 16, "num_warps": 8},
+    "ds_db": {"BM": 64, "BN": 16, "num_warps": 8},
+    "da": {"BM": 32, "BK": 16, "num_warps": 4},
+    "lora_add": {"BM": 64, "BN": 64, "BR": 16, "num_warps": 8},
+}
+
+
+def _capability(device: torch.device) -> tuple[int, int] | None:
+    """The CUDA compute capability the launch compiles for; None off CUDA (CPU, interpreter)."""
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+
+
+def _fma_tiles(kernel: str, device: torch.device) -> dict:
+    """FMA_TILES[kernel] where tl.dot is FMA (capability < 8.0), else {} (the common tiles)."""
+    cap = _capability(device)
+    return dict(FMA_TILES[kernel]) if cap is not None and cap < (8, 0) else {}
+
+
 def _dropout_args(p: float) -> tuple[float, float]:
     return p, (1.0 / (1.0 - p) if p > 0 else 1.0)
 
@@ -390,10 +440,10 @@ def down(x: torch.Tensor, a: torch.Tensor, seed: int, p: float) -> torch.Tensor:
     R = a.shape[0]
     t = torch.empty((M, R), device=x.device, dtype=x.dtype)
     BM, _, BK = _blocks(x.device)
-    BR = _rank_block(R)
+    tile = {"BM": BM, "BK": BK, "BR": _rank_block(R), **_fma_tiles("down", x.device)}
     p, inv = _dropout_args(p)
     with _device_guard(x.device):
-        _down[(triton.cdiv(M, BM), triton.cdiv(R, BR))](
+        _down[(triton.cdiv(M, tile["BM"]), triton.cdiv(R, tile["BR"]))](
             x,
             a,
             t,
@@ -408,9 +458,7 @@ def down(x: torch.Tensor, a: torch.Tensor, seed: int, p: float) -> torch.Tensor:
             inv,
             HAS_DROPOUT=p > 0,
             DOT_PRECISION=_dot_precision(x.dtype),
-            BM=BM,
-            BK=BK,
-            BR=BR,
+            **tile,
         )
     return t
 
@@ -474,8 +522,9 @@ def gemm_lora(
             _gemm_lora_tuned[grid](*args, **flags)
         else:
             BM, BN, _ = _blocks(out.device)
-            grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
-            _gemm_lora[grid](*args, **flags, BM=BM, BN=BN, BK=32, GROUP_M=8)
+            tile = {**flags, "BM": BM, "BN": BN, **_fma_tiles("lora_add", out.device)}
+            grid = (triton.cdiv(M, tile["BM"]) * triton.cdiv(N, tile["BN"]),)
+            _gemm_lora[grid](*args, **tile, BK=32, GROUP_M=8)
     return out
 
 
@@ -488,14 +537,14 @@ def ds_db(
     M, N = dy.shape
     R = b.shape[1]
     BM, BN, _ = _blocks(dy.device)
-    BR = _rank_block(R)
-    n_split = triton.cdiv(M, BM)
+    tile = {"BM": BM, "BN": BN, "BR": _rank_block(R), **_fma_tiles("ds_db", dy.device)}
+    n_split = triton.cdiv(M, tile["BM"])
     ds = torch.empty((M, R), device=dy.device, dtype=dy.dtype)
     shape = (n_split, N, R) if deterministic else (N, R)
     make = torch.empty if deterministic else torch.zeros  # every scratch element is written
     db = make(shape, device=dy.device, dtype=torch.float32)
     with _device_guard(dy.device):
-        _ds_db[(n_split, triton.cdiv(R, BR))](
+        _ds_db[(n_split, triton.cdiv(R, tile["BR"]))](
             dy,
             b,
             t,
@@ -511,9 +560,7 @@ def ds_db(
             scaling,
             SPLIT_DB=deterministic,
             DOT_PRECISION=_dot_precision(dy.dtype),
-            BM=BM,
-            BN=BN,
-            BR=BR,
+            **tile,
         )
     return ds, (db.sum(0) if deterministic else db)
 
@@ -524,10 +571,10 @@ def da(ds: torch.Tensor, x: torch.Tensor, seed: int, p: float) -> torch.Tensor:
     R = ds.shape[1]
     out = torch.empty((R, K), device=x.device, dtype=torch.float32)
     BM, _, BK = _blocks(x.device)
-    BR = _rank_block(R)
+    tile = {"BM": BM, "BK": BK, "BR": _rank_block(R), **_fma_tiles("da", x.device)}
     p, inv = _dropout_args(p)
     with _device_guard(x.device):
-        _da[(triton.cdiv(K, BK), triton.cdiv(R, BR))](
+        _da[(triton.cdiv(K, tile["BK"]), triton.cdiv(R, tile["BR"]))](
             ds,
             x,
             out,
@@ -541,9 +588,7 @@ def da(ds: torch.Tensor, x: torch.Tensor, seed: int, p: float) -> torch.Tensor:
             inv,
             HAS_DROPOUT=p > 0,
             DOT_PRECISION=_dot_precision(x.dtype),
-            BM=BM,
-            BK=BK,
-            BR=BR,
+            **tile,
         )
     return out
 
