@@ -32,7 +32,9 @@ setup(
         "tokenizers>=0.20",
         "safetensors>=0.4",
         "torchmetrics>=1.4",
-        "triton>=3.0; platform_system == 'Linux'",
+        # 3.9.x only: `nif kernels check` (kernels/aot.py) specialises launches with Triton's
+        # private binder (create_function_from_signature, JITFunction._pack_args); tested on 3.9.
+        "triton>=3.9,<3.10; platform_system == 'Linux'",
         "aiohttp>=3.9",
         "datasets>=2.20",
         "pyarrow>=15",

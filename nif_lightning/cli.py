@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "nif_lightning.cli_plan",  # plan: per-GPU memory of a training config
     "nif_lightning.cli_run",  # run: all stages from one config
     "nif_lightning.cli_eval",  # eval, eval compare: the paper's benchmarks
+    "nif_lightning.cli_kernels",  # kernels check: the Triton kernels compiled for real GPUs
 )
 
 _DESCRIPTION = """\
