@@ -18,6 +18,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.distributed import ReduceOp
 
 # Dense fp16/bf16 tensor-core peak TFLOP/s by compute capability (major, minor).
 _PEAK_TFLOPS = {(7, 0): 125.0, (8, 0): 312.0, (9, 0): 989.0}
@@ -85,17 +86,21 @@ class LastCheckpoint(L.Callback):
         self._seen_step = trainer.global_step
         if not stepped:
             return  # inside an accumulation
+        due = time.monotonic() - self._last_save >= self.every_seconds
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            due = True
+        # One all-reduce a step for both decisions (any rank's SIGTERM or clock counts): a save
+        # under DeepSpeed is collective, so every rank must take the same branch.
         strategy = trainer.strategy
-        if strategy.reduce_boolean_decision(self._sigterm, all=False):
+        flags = torch.tensor([int(self._sigterm), int(due)], device=strategy.root_device)
+        sigterm, due = (bool(v) for v in strategy.reduce(flags, reduce_op=ReduceOp.SUM).tolist())
+        if sigterm:
             self.save(trainer)
             self.terminated = True
             from lightning.pytorch.utilities.exceptions import SIGTERMException
 
             raise SIGTERMException(143)
-        due = time.monotonic() - self._last_save >= self.every_seconds
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            due = True
-        if strategy.reduce_boolean_decision(due, all=False):
+        if due:
             self.save(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
