@@ -66,8 +66,10 @@ def test_a_run_that_finished_between_the_check_and_the_lock_is_not_mixed_into(
 
 
 def test_a_second_gen_while_the_first_holds_the_lock_exits_2(tmp_path):
+    # 12 documents, 2 at a time, 1 s each: the first run holds the lock ~6 s, longer than the
+    # second process takes to start and import (at 0.05 s it could finish first: a flaky test).
     server = subprocess.Popen(
-        [sys.executable, fake_provider.__file__, "--port", "0", "--latency", "0.05"],
+        [sys.executable, fake_provider.__file__, "--port", "0", "--latency", "1.0"],
         stdout=subprocess.PIPE,
         text=True,
     )
