@@ -62,6 +62,7 @@ from data_gen.store import (
     DamagedShard,
     DiskFull,
     FolderError,
+    JsonlAppender,
     config_diff,
     config_value,
     fingerprint,
@@ -283,7 +284,8 @@ class _Bookkeeper:
         # Each shard records the settings it was made with (`check_resume` reads them back).
         metadata = {FINGERPRINT_KEY.decode(): json.dumps(config_fingerprint(cfg), sort_keys=True)}
         self.writer = ShardWriter(out, cfg.shard_rows, cfg.flush_seconds, metadata)
-        self.failures = (out / "failures.jsonl").open("w", encoding="utf-8")  # this run's
+        # This run's failures (a fresh file: the next run retries them all).
+        self.failures = JsonlAppender((out / "failures.jsonl").open("w", encoding="utf-8"))
         self.stats, self.bar = stats, bar
         self.closed = False
         self._last_postfix = 0.0
@@ -312,8 +314,7 @@ class _Bookkeeper:
         if self.closed:
             return
         self.stats.failed += 1
-        self.failures.write(json.dumps({"id": ex.id, "reason": reason}) + "\n")
-        self.failures.flush()
+        self.failures.append({"id": ex.id, "reason": reason})
         self._tick()
 
     def _tick(self) -> None:
