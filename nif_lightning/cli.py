@@ -113,11 +113,6 @@ def exit_code(err: BaseException) -> int | None:
         return 2
     if isinstance(err, RunStopped):
         return 3
-    if "nif_lightning.recipes.train" in sys.modules:
-        from nif_lightning.recipes.train import OutputFolderInUse
-
-        if isinstance(err, OutputFolderInUse):
-            return 2
     if "nif_lightning.memory" in sys.modules:
         from nif_lightning.memory import PlanError
 

@@ -110,8 +110,7 @@ class EvalConfig:
         bad = [s for s in self.suites if s not in SUITES]
         if bad or not self.suites:
             raise ValueError(f"`--suite` must be from {SUITES} or all, got {list(suites)}")
-        if self.generate.model != self.model:
-            self.generate.model = self.model
+        self.generate.model = self.model
         if self.limit is not None and self.limit < 1:
             raise ValueError("`--limit` must be >= 1")
         if self.judge is not None and self.judge.kind in ("original", "hf"):
@@ -138,8 +137,9 @@ class EvalConfig:
             problems.append(str(err))
         from data_gen.store import folder_problem
 
-        if self.out is not None and folder_problem(self.out, what="`--out`"):
-            problems.append(folder_problem(self.out, what="`--out`"))
+        out_problem = folder_problem(self.out, what="`--out`") if self.out is not None else None
+        if out_problem:
+            problems.append(out_problem)
         if self.out is None and not Path(self.model).is_dir():
             problems.append(f"`--out` is needed: {self.model!r} is not a local folder")
         if self.adapter is not None and not Path(self.adapter).is_dir():

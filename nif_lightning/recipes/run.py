@@ -97,9 +97,9 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, log=print) -> dict[str,
     run_dir = cfg.run_dir
     state = RunState(run_dir)
     prints = fingerprints(cfg)
-    for stage in STAGES:  # a changed config on a finished stage is refused before any work
-        state.done(stage, prints[stage])
-    train_pending = not state.done("train", prints["train"])
+    # A changed config on a finished stage is refused here, before any work.
+    done = {stage: state.done(stage, prints[stage]) for stage in STAGES}
+    train_pending = not done["train"]
     # Everything that touches the world, before `gen` spends hours (and money): the corpus,
     # the API key variables, a gated or misspelled model.
     validate_run(cfg, source="")
@@ -120,7 +120,7 @@ def run_pipeline(cfg: RunConfig, *, force: bool = False, log=print) -> dict[str,
         if stage == "preview" and not cfg.preview.prompts:
             summary[stage] = "no prompts"
             continue
-        if state.done(stage, prints[stage]):
+        if done[stage]:
             log(f"[nif run] {stage}: already complete, skipped")
             summary[stage] = "skipped (already complete)"
             continue

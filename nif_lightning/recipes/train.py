@@ -27,6 +27,7 @@ import socket
 import sys
 from pathlib import Path
 
+from data_gen.store import FolderError
 from nif_lightning.config import TrainConfig
 from nif_lightning.memory import PlanError  # memory.py imports torch only inside functions
 
@@ -35,7 +36,7 @@ class PlanDoesNotFit(PlanError):
     """The memory plan of a run exceeds its GPU (refused before anything heavy starts)."""
 
 
-class OutputFolderInUse(ValueError):
+class OutputFolderInUse(FolderError):
     """OUT is being trained into by another process, or holds an earlier run's checkpoints and
     this run does not resume (bad input: `nif train` exits 2)."""
 
