@@ -35,7 +35,13 @@ examples:
 In a `nif run` config, the `gen:` section takes the same options as keys (num_docs: 300).
 
 exit codes: 0 complete; 1 some documents failed (re-run to retry them); 2 bad input;
-3 the teacher stopped the run (spend limit or rejected key), finished work kept."""
+3 the teacher stopped the run (spend limit, rejected key, nothing listening at --base-url),
+finished work kept.
+
+teacher trouble: the server's own error text is in the messages and in OUT/failures.jsonl; a
+chat endpoint failing with HTTP 5xx on a base model (no chat template) wants
+`--teacher openai-completions`; a slow server makes the client lower its requests in flight
+after a timeout (or lower --concurrency / raise --timeout yourself)."""
 
 _FILTER_HELP = """\
 Filter a generated folder into a new one: (a) drop completions that start uppercase where the
@@ -128,17 +134,20 @@ def report_gen(cfg, stats) -> int:
             f"nif gen: {tokens[0]:,} prompt + {tokens[1]:,} completion tokens in this folder "
             f"(as the teacher reported them): about ${cost:,.2f} at the given prices"
         )
+    code = 0
     if stats.stopped:
         print(f"nif gen: stopped early: {stats.stopped}; finished work is kept", file=sys.stderr)
-        return 3
-    if stats.failed:
+        code = 3
+    elif stats.failed:
         print(
-            f"nif gen: {stats.failed} document(s) failed (reasons in {cfg.out}/failures.jsonl);"
-            " re-run the same command to retry them",
+            f"nif gen: {stats.failed} document(s) failed (last: {stats.last_failure}; all "
+            f"reasons in {cfg.out}/failures.jsonl); re-run the same command to retry them",
             file=sys.stderr,
         )
-        return 1
-    return 0
+        code = 1
+    for advice in stats.advice:
+        print(f"nif gen: hint: {advice}", file=sys.stderr)
+    return code
 
 
 def print_estimate(cfg, est) -> None:

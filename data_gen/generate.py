@@ -38,7 +38,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from data_gen.config import OPERATIONAL, GenConfig
-from data_gen.corpus import SkipCounts, iter_documents
+from data_gen.corpus import SkipCounts
 from data_gen.llm import (
     Completion,
     RequestFailed,
@@ -48,7 +48,7 @@ from data_gen.llm import (
 )
 from data_gen.llm.batch import BatchLedger, run_batches
 from data_gen.llm.fanout import fan_out
-from data_gen.sampling import Example, cut_document, sample_documents
+from data_gen.sampling import Example, cut_document, sample_corpus
 from data_gen.shards import (
     DirLock,
     ShardWriter,
@@ -88,6 +88,9 @@ class GenStats:
     completion_tokens: int = 0
     wall_time_s: float = 0.0
     stopped: str | None = None  # why the run stopped early, if it did
+    last_failure: str | None = None  # the last document failure's reason (the server's text)
+    timed_out: int = 0  # failed documents whose attempts ran past --timeout
+    advice: list[str] = field(default_factory=list)  # what to change, each said once
 
     @property
     def complete(self) -> bool:
@@ -112,18 +115,16 @@ SAMPLE_KEYS = (
 
 def prepare_examples(cfg: GenConfig, *, progress: bool = False) -> tuple[list[Example], SkipCounts]:
     """The sampled, cut examples; raises before any request when nothing usable remains."""
-    from tqdm import tqdm
-
-    skipped = SkipCounts()
-    docs = iter_documents(
+    sample, skipped = sample_corpus(
         cfg.corpus,
-        skipped,
+        cfg.num_docs,
+        cfg.seed,
         text_field=cfg.text_field,
         id_field=cfg.id_field,
         min_words=cfg.min_words,
+        workers=cfg.sample_workers,
+        progress=progress,
     )
-    docs = tqdm(docs, desc="reading corpus", unit="doc", disable=not progress, leave=False)
-    sample = sample_documents(docs, cfg.num_docs, cfg.seed)
     if not sample:
         raise ValueError(
             f"`--corpus` {cfg.corpus}: no usable documents (skipped: {skipped.summary()}; "
@@ -381,11 +382,12 @@ async def _generate(
 
 async def _send_live(teacher, todo: list[Example], run: _Bookkeeper, concurrency: int) -> None:
     """`concurrency` workers, one request each at a time, until every document is asked or a
-    stop."""
+    stop; advice for the failures a setting explains (`_advise`)."""
     stats = run.stats
 
     def failed(ex: Example, err: RequestFailed) -> None:
         run.failed(ex, str(err))
+        _advise(stats, teacher, err)
         if stats.new == 0 and stats.failed >= FAIL_FAST and stats.stopped is None:
             # A wrong model name or endpoint fails every request: say so now rather than
             # fail the whole corpus one document at a time.
@@ -406,6 +408,39 @@ async def _send_live(teacher, todo: list[Example], run: _Bookkeeper, concurrency
     )
     if stop is not None and stats.stopped is None:
         stats.stopped = f"{type(stop).__name__}: {stop}"
+    if stats.timed_out:
+        gate = getattr(teacher, "gate", None)
+        lowest = f" (it came down to {gate.lowest} at a time)" if gate is not None else ""
+        _add_advice(
+            stats,
+            f"{stats.timed_out} document(s) failed on timeouts: the server is slower than "
+            f"--concurrency {concurrency} with --timeout {teacher.cfg.timeout:g}s allows{lowest}; "
+            "re-run with a lower --concurrency (1 for a server that answers one request at a "
+            "time) or a higher --timeout",
+        )
+
+
+def _advise(stats: GenStats, teacher, err: RequestFailed) -> None:
+    """Record a document's failure for the report, and the advice it calls for."""
+    stats.last_failure = str(err)
+    status = getattr(err, "status", None)
+    stats.timed_out += bool(getattr(err, "timeouts", 0))
+    cfg = getattr(teacher, "cfg", None)
+    if cfg is not None and cfg.kind == "openai" and stats.new == 0 and status and status >= 500:
+        # `transformers serve` and others answer 500 on /chat/completions for a model without
+        # a chat template: a base model, which wants raw text in and out.
+        _add_advice(
+            stats,
+            "the chat endpoint answered the first documents with server errors (HTTP 5xx) "
+            "and nothing else: "
+            f"if {cfg.model} is a base model (no chat template), use `--teacher "
+            "openai-completions` (raw text in and out, /v1/completions) with a new --out",
+        )
+
+
+def _add_advice(stats: GenStats, text: str) -> None:
+    if text not in stats.advice:
+        stats.advice.append(text)
 
 
 async def _send_batches(teacher, out: Path, todo: list[Example], run: _Bookkeeper) -> None:
@@ -451,6 +486,7 @@ def _write_manifest(out: Path, cfg: GenConfig, stats: GenStats, *, status: str) 
             },
             "wall_time_s": stats.wall_time_s,
             "stopped": stats.stopped,
+            "advice": stats.advice,
         },
     )
 

@@ -24,6 +24,17 @@ Several `--base-url`s form a fleet: each request goes to the server with the few
 flight (ties in turn), a retry prefers another server, and a server that refuses connections is
 left alone for a while, so one dead vLLM box costs a few retries, not the run.
 
+A refused connection is transient only for a server that has answered before (a restart): when
+every server of the teacher has refused and none has answered yet in this session (nothing
+listening, a wrong port, a name that does not resolve), the client raises `ServerUnreachable`
+at once, naming the URL, instead of retrying with backoff for minutes.
+
+A slow server adapts the concurrency (AIMD, `_Gate`): a request that runs past `--timeout`
+halves the requests allowed in flight (once per window: the requests sent before the cut do not
+cut again), logged once per cut with the flags to change; each window of answers in a row adds
+one back, up to `--concurrency`. A server that answers one request at a time queues the rest,
+so with too many in flight the last ones time out although the server is working.
+
 What a server may send back is bounded (`limits.py`): redirects are never followed (a 3xx
 fails the request, naming where it pointed, so no key reaches another host), a body is read up
 to max(4 MiB, 256 bytes x max_tokens), a completion longer than 16 characters a token is a
@@ -42,13 +53,13 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from data_gen.llm.config import TeacherConfig, check_batch_urls
-from data_gen.llm.errors import AuthFailed, RequestFailed, SpendLimitReached
+from data_gen.llm.errors import AuthFailed, RequestFailed, ServerUnreachable, SpendLimitReached
 from data_gen.llm.limits import BYTES_PER_TOKEN, body_cap, read_capped, redirect_refused, too_long
 from data_gen.llm.ratelimit import RateLimiter
 from data_gen.llm.retry import (
@@ -123,6 +134,7 @@ class _Fleet:
         self.sent = [0] * len(urls)
         self._down_until = [0.0] * len(urls)
         self._refusals = [0] * len(urls)
+        self._ever_answered = [False] * len(urls)
         self._turn = 0
         self._clock = clock
 
@@ -156,6 +168,57 @@ class _Fleet:
     def answered(self, i: int) -> None:
         self._refusals[i] = 0
         self._down_until[i] = 0.0
+        self._ever_answered[i] = True
+
+    def unreachable(self) -> bool:
+        """Every server has refused a connection and none has ever answered: nothing to wait
+        for (a server that answered once and then refuses is restarting, and waited for)."""
+        return not any(self._ever_answered) and all(self._refusals)
+
+
+class _Gate:
+    """At most `limit` requests in flight, adapted to the server (additive increase,
+    multiplicative decrease): `timed_out` halves the limit, once per window (a timeout of a
+    request let in before the last cut does not cut again); `answered` adds one after `limit`
+    answers in a row, up to `ceiling` (the configured concurrency)."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = self.limit = self.lowest = ceiling
+        self.in_flight = 0
+        self.window = 0  # bumped by each cut
+        self._streak = 0
+        self._free = asyncio.Condition()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[int]:
+        """Wait for a free slot; yields the window the request was let in under."""
+        async with self._free:
+            await self._free.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+        try:
+            yield self.window
+        finally:
+            async with self._free:
+                self.in_flight -= 1
+                self._free.notify_all()
+
+    def timed_out(self, window: int) -> int | None:
+        """A request let in under `window` timed out: the limit before the cut, or None when
+        this timeout does not cut (an older window, or already at 1)."""
+        if window != self.window or self.limit == 1:
+            return None
+        before = self.limit
+        self.limit = max(1, self.limit // 2)
+        self.lowest = min(self.lowest, self.limit)
+        self.window += 1
+        self._streak = 0
+        return before
+
+    def answered(self) -> None:
+        self._streak += 1
+        if self.limit < self.ceiling and self._streak >= self.limit:
+            self.limit += 1  # the freed slot's notify wakes the extra waiter
+            self._streak = 0
 
 
 class _HttpTeacher(Teacher):
@@ -171,9 +234,10 @@ class _HttpTeacher(Teacher):
         self.fleet = _Fleet(cfg.urls)
         self.stats: Counter = Counter()  # attempts, retries, and what caused them
         self._session = None
-        # At most `concurrency` requests in flight, however many callers wait: a server is
-        # picked only when a slot is free, so the choice sees the fleet as it is now.
-        self._slots = asyncio.Semaphore(cfg.concurrency)
+        # At most `concurrency` requests in flight, however many callers wait (fewer while the
+        # server times out: `_Gate`): a server is picked only when a slot is free, so the
+        # choice sees the fleet as it is now.
+        self.gate = _Gate(cfg.concurrency)
         self._request_headers = self._headers()
         self.body_cap = body_cap(cfg.max_tokens)  # the most bytes one answer may hold
         self._cap_why = (
@@ -276,13 +340,17 @@ class _HttpTeacher(Teacher):
         cfg = self.cfg
         payload = self.payload(prompt)
         estimate = len(prompt) // 4 + cfg.max_tokens  # what TPM limits charge up front
-        reason, server = "no attempt made", None
+        reason, server, status, timeouts = "no attempt made", None, None, 0
         for attempt in range(cfg.max_retries + 1):
-            async with self._slots:
+            async with self.gate.slot() as window:
                 server = self.fleet.pick(avoid=server)
-                done, reason, wait, limited = await self._attempt(server, payload, estimate)
+                done, reason, wait, limited, status = await self._attempt(server, payload, estimate)
             if done is not None:
+                self.gate.answered()
                 return done
+            if status == "timeout":
+                timeouts += 1
+                self._slow_down(window)
             self.stats[reason.split(":")[0]] += 1
             delay = backoff_delay(attempt, cfg.backoff) if wait is None else wait
             if limited:  # 429 / 529: the whole account is limited, so every worker waits
@@ -298,14 +366,34 @@ class _HttpTeacher(Teacher):
                     reason,
                 )
                 await asyncio.sleep(delay)
-        raise RequestFailed(f"gave up after {cfg.max_retries + 1} attempts; last: {reason}")
+        raise RequestFailed(
+            f"gave up after {cfg.max_retries + 1} attempts; last: {reason}",
+            status=status if isinstance(status, int) else None,
+            timeouts=timeouts,
+        )
+
+    def _slow_down(self, window: int) -> None:
+        """A request ran past `--timeout`: halve the requests in flight (once per window)."""
+        self.stats["timeouts"] += 1
+        before = self.gate.timed_out(window)
+        if before is not None:
+            log.warning(
+                "%s: a request ran past --timeout %gs; requests in flight %d -> %d (a server "
+                "that answers one at a time queues the rest). If this repeats, re-run with a "
+                "lower --concurrency or a higher --timeout",
+                self.name,
+                self.cfg.timeout,
+                before,
+                self.gate.limit,
+            )
 
     async def _attempt(
         self, server: int, payload: dict[str, Any], estimate: int
-    ) -> tuple[Completion | None, str, float | None, bool]:
-        """One request: (answer, "", None, False), or (None, why it failed, the server's
-        retry-after or None, whether the account is rate limited). Raises for answers that
-        retrying cannot fix."""
+    ) -> tuple[Completion | None, str, float | None, bool, int | str | None]:
+        """One request: (answer, "", None, False, 200), or (None, why it failed, the server's
+        retry-after or None, whether the account is rate limited, the HTTP status or "timeout"
+        or None). Raises for answers that retrying cannot fix, and `ServerUnreachable` when no
+        server of the teacher has ever answered and each has refused a connection."""
         import aiohttp
 
         charged = await self.limiter.acquire(estimate) if self.limiter.active else 0
@@ -323,23 +411,32 @@ class _HttpTeacher(Teacher):
         except aiohttp.ClientConnectorError as err:
             self.fleet.refused(server)
             where = redact_url(self.fleet.urls[server])
-            reason = f"cannot connect to {where} ({type(err).__name__})"
-            return None, reason, None, False
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            reason = f"cannot connect to {where} ({_connect_error(err)})"
+            if self.fleet.unreachable():
+                servers = ", ".join(redact_url(u) for u in self.fleet.urls)
+                raise ServerUnreachable(
+                    f"cannot connect to {servers} ({_connect_error(err)}), and it has not "
+                    "answered once: start the server, or fix --base-url"
+                ) from None
+            return None, reason, None, False, None
+        except asyncio.TimeoutError:  # aiohttp's timeouts are TimeoutErrors too
+            reason = f"TimeoutError: no complete answer within --timeout {self.cfg.timeout:g}s"
+            return None, reason, None, False, "timeout"
+        except aiohttp.ClientError as err:
             reason = type(err).__name__ + (f": {err}" if str(err) else "")
-            return None, redact(reason, self._key), None, False
+            return None, redact(reason, self._key), None, False, None
         self.fleet.answered(server)
         if status == 200:
             try:
                 done = self.parse(json.loads(text))
             except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-                return None, "malformed response body", None, False
+                return None, "malformed response body", None, False, status
             self.limiter.settle(charged, done.prompt_tokens + done.completion_tokens)
-            return self._checked(done), "", None, False
+            return self._checked(done), "", None, False, status
         if 300 <= status < 400:  # never followed: it could carry the key to another host
             raise redirect_refused(status, url, headers.get("Location"))
         reason = self._fail_or_reason(status, text)
-        return None, reason, retry_after_seconds(headers), status in (429, 529)
+        return None, reason, retry_after_seconds(headers), status in (429, 529), status
 
     def _fail_or_reason(self, status: int, body: str) -> str:
         """Raise for answers retrying cannot fix; else the reason to log and maybe report."""
@@ -354,5 +451,15 @@ class _HttpTeacher(Teacher):
             )
             raise AuthFailed(f"{reason} ({hint})")
         if not is_retryable(status):
-            raise RequestFailed(reason)
+            raise RequestFailed(reason, status=status)
         return reason
+
+
+def _connect_error(err: Exception) -> str:
+    """What went wrong connecting, in words (`err` is aiohttp's ClientConnectorError)."""
+    cause = getattr(err, "os_error", None)
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused: nothing listening there"
+    if type(err).__name__ == "ClientConnectorDNSError":
+        return "the host name does not resolve"
+    return getattr(cause, "strerror", None) or type(err).__name__

@@ -107,14 +107,36 @@ def parse_reset(value: str, *, now: Callable[[], float] = time.time) -> float | 
     return max(0.0, when.timestamp() - now())
 
 
+# The most characters of a server's error text kept in a message (and in failures.jsonl).
+ERROR_TEXT_CHARS = 300
+_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
+
+
 def error_message(body: str, *, secret: str | None = None) -> str:
-    """The API's own error message, short and with anything key-like masked."""
+    """The server's own error text, on one line, at most `ERROR_TEXT_CHARS` characters, with
+    the key and anything key-like masked. Reads the shapes servers send: OpenAI's and
+    Anthropic's `{"error": {"message"}}`, vLLM's `{"message"}`, FastAPI's `{"detail"}`, a bare
+    `{"error": "..."}`; else the body itself (an HTML page reduced to its text)."""
+    message = None
     try:
-        err = json.loads(body).get("error")
-        message = err.get("message") if isinstance(err, dict) else err
-    except (ValueError, AttributeError):
-        message = None
-    return redact(str(message or body or "(empty body)").strip()[:200], secret)
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            message = err.get("message") or err.get("detail")
+        elif isinstance(err, str):
+            message = err
+        message = message or data.get("message") or data.get("detail")
+        if message is not None and not isinstance(message, str):
+            message = json.dumps(message)  # FastAPI's validation errors are a list
+    if not message:
+        message = _TAG.sub(" ", body) if "<" in body else body
+    text = " ".join(redact(str(message), secret).split()) or "(empty body)"
+    if len(text) > ERROR_TEXT_CHARS:
+        text = text[: ERROR_TEXT_CHARS - 3] + "..."
+    return text
 
 
 def redact(text: str, secret: str | None) -> str:

@@ -21,6 +21,13 @@ Faults, all optional and combinable:
     spend_limit_after=N          after N successful replies every request is a spend-limit 429
     headers_remaining=True       send OpenAI rate-limit headers
     reply_headers={...} or f(i)  extra headers on the i-th successful reply (rate-limit tests)
+    chat_error=(status, body)    the chat route answers every request with that status and that
+                                 plain-text body (a base model without a chat template behind
+                                 `transformers serve`: HTTP 500 "Internal Server Error"); the
+                                 completions route works
+    single_stream=True           one request at a time: each waits for those before it, then
+                                 takes `latency` (a small local server); a request whose client
+                                 hung up while it waited is dropped, not answered
 
 Hostile modes (issue 11: a server that tries to leak the key, or to exhaust memory or time),
 applied to every route, or only to paths matching the regex `hostile_paths`:
@@ -119,6 +126,8 @@ class FakeTeacherServer:
     huge_completion: int = 0
     hostile_paths: str | None = None
     results_base: str | None = None
+    chat_error: tuple[int, str] | None = None
+    single_stream: bool = False
     # What happened, for assertions.
     requests: int = 0
     batches_created: int = 0
@@ -149,6 +158,8 @@ class FakeTeacherServer:
         self._runner = None
         self._files: dict[str, bytes] = {}
         self._batches: dict[str, dict] = {}
+        self._stream_lock: asyncio.Lock | None = None  # made in the server's loop
+        self.dropped = 0  # single_stream: requests whose client left before their turn
 
     # ---- the app -------------------------------------------------------------------------------
 
@@ -360,6 +371,15 @@ class FakeTeacherServer:
             self.auth_seen.add(
                 request.headers.get("Authorization") or request.headers.get("x-api-key")
             )
+            if self.chat_error is not None and fmt == "chat":
+                with self._lock:
+                    self.requests += 1
+                    self.by_route[fmt] += 1
+                    self.injected["chat_error"] += 1
+                status, text = self.chat_error
+                return web.Response(status=status, text=text, content_type="text/plain")
+            if self.single_stream:
+                return await self._one_at_a_time(request, fmt, body, prompt)
             key = hashlib.sha256(prompt.encode("utf-8")).hexdigest()
             with self._lock:
                 index = self.requests
@@ -412,6 +432,25 @@ class FakeTeacherServer:
             )
 
         return handler
+
+    async def _one_at_a_time(self, request, fmt: str, body: dict, prompt: str):
+        """`single_stream`: queue behind the requests before this one, then `latency`."""
+        from aiohttp import web
+
+        if self._stream_lock is None:
+            self._stream_lock = asyncio.Lock()
+        async with self._stream_lock:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                self.dropped += 1  # the client timed out while it waited
+                return web.Response(status=499)
+            await asyncio.sleep(self.latency)
+            with self._lock:
+                self.requests += 1
+                self.by_route[fmt] += 1
+                self._replies += 1
+                self.successes[hashlib.sha256(prompt.encode("utf-8")).hexdigest()] += 1
+        return web.json_response(_answer(fmt, body, self._text(prompt), "stop", prompt))
 
     async def _fault(self, fault: str, fmt: str, request):
         from aiohttp import web

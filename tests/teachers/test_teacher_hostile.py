@@ -14,6 +14,7 @@ import pytest
 
 from data_gen.llm import RequestFailed, TeacherConfig, make_teacher
 from data_gen.llm.batch import BatchLedger, run_batches
+from data_gen.llm.errors import ServerUnreachable
 from data_gen.llm.limits import body_cap, completion_char_cap, results_cap
 from data_gen.llm.retry import redact, redact_url
 from fake_provider import FakeTeacherServer, reply_for
@@ -246,7 +247,7 @@ def test_a_query_key_in_the_base_url_goes_with_every_request():
 def test_an_unreachable_server_with_credentials_is_named_without_them():
     async def run():
         url = "http://user:SECRETPW@127.0.0.1:9/v1?key=SECRETQ"
-        with pytest.raises(RequestFailed) as info:
+        with pytest.raises(ServerUnreachable) as info:  # nothing listening: the run stops
             async with make_teacher(
                 TeacherConfig(kind="openai", model="m", base_urls=(url,), max_retries=0)
             ) as teacher:
