@@ -11,18 +11,48 @@ follows an instruction when the checker says so. IFEval reports four numbers:
 
 All 25 of IFEval's instruction ids are implemented (`CHECKERS`), so IFEval's own
 `input_data.jsonl` scores offline; a prompt file naming an unknown id is refused up front, before
-a model answers anything. Unlike IFEval, the case checks do not also ask langdetect whether the
-answer is English.
+a model answers anything.
+
+Each checker applies the rule of Google's IFEval checkers (as shipped in lm-eval 0.4.13), and
+`tests/eval/test_ifeval_reference.py` holds them to it differentially: same verdict, strict and
+loose, on at least 99.5% of generated edge cases for every id. The rules are IFEval's, quirks
+included: `don't` is two words; `*Note:*`, `-text` and `---` lines are bullets; `P.S.` may sit
+anywhere in a line (and inside `P.P.S.`); `***x***` is two highlights; an answer wrapped in
+double quotes still ends with its end phrase; the case checks also need langdetect to say `en`.
+
+Where this module knowingly differs from lm-eval:
+
+- `keywords:letter_frequency` counts the literal `letter`, whatever the character, as Google's
+  original does; lm-eval 0.4.13 swaps a letter outside a-z for a random one, and IFEval's own
+  data asks for `#` and `!`.
+- Keywords, forbidden words and a postscript marker other than IFEval's `P.S.` / `P.P.S` are
+  literal text here; IFEval compiles them as regular expressions (no IFEval row has a
+  metacharacter in them).
+- `json_format`: JSON nested too deeply for Python's parser is "not JSON" here; IFEval's checker
+  raises `RecursionError` and aborts the whole scoring call.
+- `length_constraints:number_sentences` and `change_case:capital_word_frequency` tokenize with
+  nltk's punkt model, as IFEval does, when nltk and its `punkt_tab` data are installed
+  (`python -m nltk.downloader punkt_tab`). Without the data they use an approximation (nltk's
+  Treebank word tokenizer without the sentence split, and a regex sentence splitter), and
+  `score()` lists them under `approximated_ids`.
+
+The language checks (`language:response_language`, `change_case:english_capital`,
+`change_case:english_lowercase`) need `langdetect` (in the `eval` extra); a prompt file that uses
+them is refused up front without it. langdetect samples at random: its seed is fixed at 0 here,
+so a verdict is repeatable, and detection results are memoised per text.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import regex  # a dependency of transformers
 
 _RELATIONS = ("less than", "at least")
 
@@ -39,134 +69,174 @@ def _compare(count: int, relation: str, n: int) -> bool:
     return count < n if relation == "less than" else count >= n
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"\b\w+(?:'\w+)?\b", text)
+# --- language (langdetect) -----------------------------------------------------------------
+
+_LANGDETECT_IDS = (
+    "language:response_language",
+    "change_case:english_capital",
+    "change_case:english_lowercase",
+)
 
 
-def _sentences(text: str) -> list[str]:
-    # A sentence ends at . ! or ? followed by space/end; good enough for checks on short answers.
-    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if re.search(r"\w", s)]
+@functools.lru_cache(maxsize=4096)
+def _language(text: str) -> str | None:
+    """langdetect's language code for `text`, or None where it finds no language at all
+    (only digits, symbols): IFEval counts such an answer as following a language rule."""
+    try:
+        import langdetect
+    except ImportError:
+        raise ValueError(
+            "IFEval's language checks need langdetect: pip install 'nif-lightning[eval]'"
+        ) from None
+    # langdetect samples at random; a fixed seed makes each verdict repeatable.
+    langdetect.DetectorFactory.seed = 0
+    try:
+        return langdetect.detect(text)
+    except langdetect.LangDetectException:
+        return None
 
 
-def _no_comma(response: str) -> bool:
-    return "," not in response
+def _in_english(text: str) -> bool:
+    return _language(text) in ("en", None)
 
 
 def _lowercase(response: str) -> bool:
-    return response == response.lower() and any(c.isalpha() for c in response)
+    # str.islower: at least one cased character and none upper (text without case fails).
+    return response.islower() and _in_english(response)
 
 
 def _capital(response: str) -> bool:
-    return response == response.upper() and any(c.isalpha() for c in response)
+    return response.isupper() and _in_english(response)
+
+
+def _response_language(response: str, *, language: str) -> bool:
+    return _language(response) in (language, None)
+
+
+# --- words and sentences ------------------------------------------------------------------
 
 
 def _number_words(response: str, *, num_words: int, relation: str) -> bool:
-    return _compare(len(_words(response)), relation, num_words)
+    # IFEval's word is a run of \w characters (nltk's RegexpTokenizer(r"\w+")): `don't` and
+    # `well-known` are two words each. Unicode word characters, as the `regex` engine that
+    # nltk compiles it with has them: marks and joiners belong to the word, so a Hindi or
+    # Persian word is one word (stdlib `re` would cut it at each vowel sign).
+    return _compare(len(regex.findall(r"\w+", response)), relation, num_words)
+
+
+@functools.lru_cache(maxsize=1)
+def _punkt() -> Any:
+    """nltk's English punkt sentence splitter (what IFEval uses), or None without nltk or its
+    `punkt_tab` data. Cached; `_punkt.cache_clear()` looks again."""
+    try:
+        from nltk.tokenize import PunktTokenizer
+    except ImportError:
+        return None
+    _sentences.cache_clear()
+    _word_tokens.cache_clear()
+    try:
+        return PunktTokenizer("english")
+    except LookupError:
+        return None
+
+
+def _treebank() -> Any:
+    try:
+        from nltk.tokenize import NLTKWordTokenizer
+    except ImportError:
+        return None
+    return NLTKWordTokenizer()
+
+
+# A fallback sentence end: . ! or ? (closing quotes/brackets may follow), then space or the end.
+_SENTENCE_END = re.compile(r"""(?<=[.!?])["')\]”’]*\s+""")
+
+
+@functools.lru_cache(maxsize=1024)  # a response is read strictly, then loosely: same texts
+def _sentences(text: str) -> list[str]:
+    punkt = _punkt()
+    if punkt is not None:
+        return punkt.tokenize(text)
+    return [s for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+
+
+@functools.lru_cache(maxsize=1024)
+def _word_tokens(text: str) -> list[str]:
+    """nltk.word_tokenize's tokens (punkt sentences, then the Treebank tokenizer)."""
+    treebank = _treebank()
+    if treebank is None:  # no nltk: words, with contractions split off as Treebank does
+        return re.findall(r"(?:n't|'\w+|\w+(?=n't)|[\w.&-]+\w|\w)", text, flags=re.I)
+    punkt = _punkt()
+    sentences = [text] if punkt is None else punkt.tokenize(text)
+    return [token for s in sentences for token in treebank.tokenize(s)]
 
 
 def _number_sentences(response: str, *, num_sentences: int, relation: str) -> bool:
     return _compare(len(_sentences(response)), relation, num_sentences)
 
 
+def _capital_word_frequency(
+    response: str, *, capital_frequency: int, capital_relation: str
+) -> bool:
+    capitals = [w for w in _word_tokens(response) if w.isupper()]
+    return _compare(len(capitals), capital_relation, capital_frequency)
+
+
+# --- format --------------------------------------------------------------------------------
+
+
+def _no_comma(response: str) -> bool:
+    return "," not in response
+
+
 def _number_paragraphs(response: str, *, num_paragraphs: int) -> bool:
-    # IFEval separates paragraphs with the Markdown divider `***`; an empty paragraph fails,
-    # except before the first divider or after the last one (a stray leading/trailing `***`).
-    parts = re.split(r"\s?\*\*\*\s?", response)
-    while parts and not parts[0].strip():
-        parts = parts[1:]
-    while parts and not parts[-1].strip():
-        parts = parts[:-1]
-    return len(parts) == num_paragraphs and all(p.strip() for p in parts)
+    # Paragraphs are separated by the Markdown divider `***`. An empty piece is forgiven only
+    # before the first divider or after the last one; an empty piece between two fails.
+    pieces = re.split(r"\s?\*\*\*\s?", response)
+    if any(not p.strip() for p in pieces[1:-1]):
+        return False
+    return sum(1 for p in pieces if p.strip()) == num_paragraphs
+
+
+# IFEval's bullets: a line whose first non-space character is `*` not followed by another `*`
+# (so `*Note:*` and `*text` count, `**bold**` does not), or is `-` (so `-text`, `---`, `-`).
+# `\s*` may run over blank lines, and `[^*]` may be the line break itself, as in IFEval.
+_STAR_BULLET = re.compile(r"^\s*\*[^*].*$", re.MULTILINE)
+_DASH_BULLET = re.compile(r"^\s*-.*$", re.MULTILINE)
 
 
 def _number_bullets(response: str, *, num_bullets: int) -> bool:
-    bullets = re.findall(r"^\s*[*-]\s+\S", response, flags=re.MULTILINE)
-    return len(bullets) == num_bullets
+    found = len(_STAR_BULLET.findall(response)) + len(_DASH_BULLET.findall(response))
+    return found == num_bullets
 
 
 def _title(response: str) -> bool:
-    return any(t.strip() for t in re.findall(r"<<([^\n]+?)>>", response))
+    # Greedy, one line: `<<a>> and <<b>>` is one candidate; brackets-only titles are empty.
+    candidates = re.findall(r"<<[^\n]+>>", response)
+    return any(c.lstrip("<").rstrip(">").strip() for c in candidates)
+
+
+# Removed in this order, each at most once, as IFEval does (```json``` loses both fences).
+_JSON_PREFIXES = ("```json", "```Json", "```JSON", "```")
 
 
 def _json_format(response: str) -> bool:
     text = response.strip()
-    # Models often fence JSON in ```json ... ```; IFEval strips the fence before parsing.
-    text = re.sub(r"^```(?:json|JSON|Json)?\s*|\s*```$", "", text)
+    for prefix in _JSON_PREFIXES:
+        text = text.removeprefix(prefix)
+    text = text.removesuffix("```").strip()
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # too deeply nested to parse is not JSON either
         return False
     return True
 
 
-def _keywords_existence(response: str, *, keywords: list[str]) -> bool:
-    return all(re.search(re.escape(k), response, flags=re.IGNORECASE) for k in keywords)
-
-
-def _forbidden_words(response: str, *, forbidden_words: list[str]) -> bool:
-    return not any(
-        re.search(r"\b" + re.escape(w) + r"\b", response, flags=re.IGNORECASE)
-        for w in forbidden_words
-    )
-
-
-def _keyword_frequency(response: str, *, keyword: str, frequency: int, relation: str) -> bool:
-    count = len(re.findall(re.escape(keyword), response, flags=re.IGNORECASE))
-    return _compare(count, relation, frequency)
-
-
-def _end_checker(response: str, *, end_phrase: str) -> bool:
-    return response.strip().lower().endswith(end_phrase.strip().lower())
-
-
-def _quotation(response: str) -> bool:
-    text = response.strip()
-    return len(text) > 1 and text[0] == '"' and text[-1] == '"'
-
-
-def _postscript(response: str, *, postscript_marker: str) -> bool:
-    marker = postscript_marker.strip()
-    return re.search(r"^\s*" + re.escape(marker), response, flags=re.MULTILINE | re.I) is not None
-
-
 def _highlighted_sections(response: str, *, num_highlights: int) -> bool:
-    found = [h for h in re.findall(r"\*[^\n*]+\*", response) if h.strip("*").strip()]
-    return len(found) >= num_highlights
-
-
-def _letter_frequency(response: str, *, letter: str, let_frequency: int, let_relation: str) -> bool:
-    return _compare(response.lower().count(letter.lower()), let_relation, let_frequency)
-
-
-def _capital_word_frequency(
-    response: str, *, capital_frequency: int, capital_relation: str
-) -> bool:
-    capitals = [w for w in _words(response) if w.isupper()]
-    return _compare(len(capitals), capital_relation, capital_frequency)
-
-
-def _response_language(response: str, *, language: str) -> bool:
-    from langdetect import DetectorFactory, LangDetectException, detect
-
-    DetectorFactory.seed = 0  # langdetect samples; a fixed seed makes the verdict repeatable
-    try:
-        return detect(response) == language
-    except LangDetectException:
-        return True  # IFEval: text with no detectable language (digits, symbols) is not penalised
-
-
-def _nth_paragraph_first_word(
-    response: str, *, num_paragraphs: int, nth_paragraph: int, first_word: str
-) -> bool:
-    # Here paragraphs are separated by blank lines, not `***`.
-    paragraphs = re.split(r"\n\n", response)
-    if sum(1 for p in paragraphs if p.strip()) != num_paragraphs:
-        return False
-    if not 1 <= nth_paragraph <= len(paragraphs) or not paragraphs[nth_paragraph - 1].strip():
-        return False
-    word = paragraphs[nth_paragraph - 1].split()[0].lstrip("'\"")
-    word = re.split(r"[.,?!'\"]", word, maxsplit=1)[0]
-    return word.lower() == first_word.lower()
+    # IFEval counts `*x*` spans and, separately, `**x**` spans (so `***x***` counts twice).
+    single = [h for h in re.findall(r"\*[^\n*]*\*", response) if h.strip("*").strip()]
+    double = [h for h in re.findall(r"\*\*[^\n*]*\*\*", response) if h[2:-2].strip()]
+    return len(single) + len(double) >= num_highlights
 
 
 def _placeholders(response: str, *, num_placeholders: int) -> bool:
@@ -182,14 +252,84 @@ def _constrained_response(response: str) -> bool:
 
 def _multiple_sections(response: str, *, section_spliter: str, num_sections: int) -> bool:
     # `section_spliter` (sic) is IFEval's kwarg name; sections read "SECTION 1", "SECTION 2", ...
-    parts = re.split(r"\s?" + re.escape(section_spliter) + r"\s?\d+\s?", response)
+    marker = re.escape(section_spliter.strip())
+    parts = re.split(r"\s?" + marker + r"\s?\d+\s?", response)
     return len(parts) - 1 >= num_sections
 
 
+def _nth_paragraph_first_word(
+    response: str, *, num_paragraphs: int, nth_paragraph: int, first_word: str
+) -> bool:
+    # Here paragraphs are separated by a blank line ("\n\n"), not `***`.
+    paragraphs = response.split("\n\n")
+    count = sum(1 for p in paragraphs if p.strip())
+    if count != num_paragraphs or not 1 <= nth_paragraph <= count:
+        return False
+    paragraph = paragraphs[nth_paragraph - 1].strip()  # indexed among all pieces, as IFEval
+    if not paragraph:
+        return False
+    # The first word, single quotes then double quotes stripped from its front (in that order:
+    # `"'word` keeps its `'` and reads as empty), cut at the first . , ? ! ' or ".
+    word = paragraph.split()[0].lstrip("'").lstrip('"')
+    head = re.match(r"""[^.,?!'"]*""", word).group()
+    return "".join(c.lower() for c in head) == first_word.lower()
+
+
 def _two_responses(response: str) -> bool:
-    answers = [a.strip() for a in response.split("******")]
-    answers = [a for a in answers if a]
-    return len(answers) == 2 and answers[0] != answers[1]
+    pieces = response.split("******")
+    if any(not p.strip() for p in pieces[1:-1]):
+        return False  # an empty answer between two separators
+    answers = [p for p in pieces if p.strip()]
+    return len(answers) == 2 and answers[0].strip() != answers[1].strip()
+
+
+# --- content -------------------------------------------------------------------------------
+
+
+def _keywords_existence(response: str, *, keywords: list[str]) -> bool:
+    return all(re.search(re.escape(k), response, flags=re.IGNORECASE) for k in keywords)
+
+
+def _forbidden_words(response: str, *, forbidden_words: list[str]) -> bool:
+    return not any(
+        re.search(r"\b" + re.escape(w) + r"\b", response, flags=re.IGNORECASE)
+        for w in forbidden_words
+    )
+
+
+def _keyword_frequency(response: str, *, keyword: str, frequency: int, relation: str) -> bool:
+    count = len(re.findall(re.escape(keyword.strip()), response, flags=re.IGNORECASE))
+    return _compare(count, relation, frequency)
+
+
+def _letter_frequency(response: str, *, letter: str, let_frequency: int, let_relation: str) -> bool:
+    # Google's IFEval counts the literal character, whatever it is (its data asks for `#` and
+    # `!`); lm-eval 0.4.13 replaces a letter outside a-z with a random one. We follow Google.
+    wanted = letter.strip().lower()
+    count = sum(1 for c in response.lower() if c == wanted)
+    return _compare(count, let_relation, let_frequency)
+
+
+def _end_checker(response: str, *, end_phrase: str) -> bool:
+    # Double quotes around the whole answer (`startend:quotation`) do not hide its ending.
+    text = response.strip().strip('"').lower()
+    return text.endswith(end_phrase.strip().lower())
+
+
+def _quotation(response: str) -> bool:
+    text = response.strip()
+    return len(text) > 1 and text[0] == '"' and text[-1] == '"'
+
+
+# IFEval's two markers, matched in lowercased text anywhere in a line, with an optional space
+# after each dot: `P. S.`, `**P.S.**` and mid-line markers count, and `P.P.S.` holds `P.S.`.
+_POSTSCRIPTS = {"P.S.": r"p\.\s?s\.", "P.P.S": r"p\.\s?p\.\s?s"}
+
+
+def _postscript(response: str, *, postscript_marker: str) -> bool:
+    marker = postscript_marker.strip()
+    pattern = _POSTSCRIPTS.get(marker, re.escape(marker.lower()))
+    return re.search(pattern, response.lower()) is not None
 
 
 def _repeat_prompt(response: str, *, prompt_to_repeat: str) -> bool:
@@ -292,26 +432,35 @@ def load_prompts(path: str | Path) -> list[IFEvalPrompt]:
             for key in set(_RELATION_KWARGS) & set(CHECKERS[iid][1]):
                 if kw[key] not in _RELATIONS:
                     raise ValueError(f"{where}: {iid} {key} must be one of {_RELATIONS}")
-            if iid == "language:response_language":
-                _require_langdetect(where)
+            if iid in _LANGDETECT_IDS:
+                _require_langdetect(where, iid)
+            letter = kw.get("letter") if iid == "keywords:letter_frequency" else "x"
+            if not isinstance(letter, str) or len(letter) != 1:
+                raise ValueError(f"{where}: {iid} letter must be one character, not {letter!r}")
         prompts.append(IFEvalPrompt(str(rec["key"]), rec["prompt"], tuple(ids), tuple(kwargs)))
     if not prompts:
         raise ValueError(f"IFEval prompt file {str(path)!r} holds no prompts")
     return prompts
 
 
-def _require_langdetect(where: str) -> None:
+def _require_langdetect(where: str, iid: str) -> None:
     try:
         import langdetect  # noqa: F401
     except ImportError:
         raise ValueError(
-            f"{where}: language:response_language needs langdetect: "
-            "pip install 'nif-lightning[eval]'"
+            f"{where}: {iid} needs langdetect: pip install 'nif-lightning[eval]'"
         ) from None
 
 
+# Scored with an approximation of IFEval's tokenizer when nltk's punkt data is missing.
+_PUNKT_IDS = ("length_constraints:number_sentences", "change_case:capital_word_frequency")
+
+
 def score(prompts: list[IFEvalPrompt], responses: dict[str, str]) -> dict[str, Any]:
-    """IFEval's four accuracies (in %) plus a per-prompt record; `responses` maps key -> text."""
+    """IFEval's four accuracies (in %) plus a per-prompt record; `responses` maps key -> text.
+
+    `approximated_ids` names the ids in `prompts` scored without nltk's punkt data (see the
+    module docstring); it is empty when every verdict uses IFEval's own rule."""
     missing = [p.key for p in prompts if p.key not in responses]
     if missing:
         raise ValueError(f"no response for IFEval prompt key(s) {missing[:5]}")
@@ -331,6 +480,9 @@ def score(prompts: list[IFEvalPrompt], responses: dict[str, str]) -> dict[str, A
         loose_prompt += all(loose)
         per_prompt.append({"key": p.key, "strict": strict, "loose": loose})
 
+    used = {i for p in prompts for i in p.instruction_id_list}
+    approximated = [] if _punkt() is not None else [i for i in _PUNKT_IDS if i in used]
+
     def pct(k: int, n: int) -> float:
         return round(100.0 * k / n, 2)
 
@@ -341,5 +493,6 @@ def score(prompts: list[IFEvalPrompt], responses: dict[str, str]) -> dict[str, A
         "inst_level_loose": pct(loose_inst, n_inst),
         "prompts": len(prompts),
         "instructions": n_inst,
+        "approximated_ids": approximated,
         "per_prompt": per_prompt,
     }

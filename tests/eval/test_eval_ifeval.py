@@ -139,6 +139,182 @@ def test_checker_edge_cases_follow_ifeval():
     assert check_instruction("language:response_language", "12345", {"language": "fr"})
 
 
+# IFEval's rules where they surprise: (id, kwargs, response, strict verdict, loose verdict).
+# Each was a disagreement with the reference checkers (../shared/reviews/ifeval-vs-reference.md).
+QUIRKS = [
+    # `don't` is two words (IFEval's words are runs of \w).
+    (
+        "length_constraints:number_words",
+        {"num_words": 4, "relation": "at least"},
+        "I don't go.",
+        True,
+        True,
+    ),
+    # `*Note:*`, `-text` and `---` lines are bullets; `**bold**` lines are not.
+    (
+        "detectable_format:number_bullet_lists",
+        {"num_bullets": 3},
+        "*Note:* two tips.\n* Eat well.\n* Sleep well.",
+        True,
+        True,
+    ),
+    (
+        "detectable_format:number_bullet_lists",
+        {"num_bullets": 2},
+        "* Eat well.\n* Sleep well.\n---",
+        False,
+        True,
+    ),
+    (
+        "detectable_format:number_bullet_lists",
+        {"num_bullets": 3},
+        "-Eat well.\n-Sleep well.\n-Walk daily.",
+        True,
+        True,
+    ),
+    (
+        "detectable_format:number_bullet_lists",
+        {"num_bullets": 1},
+        "**Tips**\n* Eat well.",
+        True,
+        True,
+    ),
+    # P.S. anywhere in a line, spaced, in bold, or inside P.P.S.
+    (
+        "detectable_content:postscript",
+        {"postscript_marker": "P.S."},
+        "Thanks for reading.\n\nP.P.S. Bring snacks.",
+        True,
+        True,
+    ),
+    (
+        "detectable_content:postscript",
+        {"postscript_marker": "P.S."},
+        "See you soon! P.S. Bring snacks.",
+        True,
+        True,
+    ),
+    (
+        "detectable_content:postscript",
+        {"postscript_marker": "P.S."},
+        "See you soon!\n\n**P. S.** Bring snacks.",
+        True,
+        True,
+    ),
+    (
+        "detectable_content:postscript",
+        {"postscript_marker": "P.P.S"},
+        "See you soon!\n\nP.S. Bring snacks.",
+        False,
+        False,
+    ),
+    # A fully quoted answer still ends with its end phrase.
+    (
+        "startend:end_checker",
+        {"end_phrase": "Any other questions?"},
+        '"The sky is blue. Any other questions?"',
+        True,
+        True,
+    ),
+    # `***x***` is two highlights; `**a** and **b**` two, not three.
+    (
+        "detectable_format:number_highlighted_sections",
+        {"num_highlights": 2},
+        "This is ***very important*** to remember.",
+        True,
+        True,
+    ),
+    (
+        "detectable_format:number_highlighted_sections",
+        {"num_highlights": 3},
+        "**Step 1:** mix the flour and **Step 2:** bake it.",
+        False,
+        False,
+    ),
+    (
+        "detectable_format:number_highlighted_sections",
+        {"num_highlights": 1},
+        "This is **bold* text.",
+        False,
+        False,
+    ),
+    # In English as well as in the right case; a script without case is neither.
+    (
+        "change_case:english_capital",
+        {},
+        "LE CHAT DORT SUR LE CANAPÉ PENDANT QUE LA PLUIE TOMBE DEHORS.",
+        False,
+        False,
+    ),
+    ("change_case:english_capital", {}, "猫はソファの上で寝ています。", False, False),
+    ("change_case:english_lowercase", {}, "बिल्ली सोफे पर सो रही है।", False, False),
+    ("change_case:english_capital", {}, "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG.", True, True),
+    # Empty pieces between separators fail; one stray divider at each end is forgiven.
+    ("combination:two_responses", {}, "Answer one.\n******\n******\nAnswer two.", False, False),
+    (
+        "length_constraints:number_paragraphs",
+        {"num_paragraphs": 1},
+        "******\nOnly paragraph.",
+        False,
+        True,
+    ),
+    # `"'word`: IFEval strips `'` then `"`, so the first word reads as empty.
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"first_word": "summary", "num_paragraphs": 2, "nth_paragraph": 2},
+        "Intro text.\n\n\"'Summary' is what follows.",
+        False,
+        False,
+    ),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"first_word": "summary", "num_paragraphs": 2, "nth_paragraph": 2},
+        'Intro text.\n\n\'"Summary" is what follows.',
+        True,
+        True,
+    ),
+    # ```json``` loses both fences; bracket-only titles are empty.
+    ("detectable_format:json_format", {}, '```json```{"a": 1}', True, True),
+    ("detectable_format:title", {}, "<<<>>>\nA poem.", False, False),
+    ("detectable_format:title", {}, "<<\t>><>>", True, True),
+    # Google's IFEval counts any character asked for (its data asks for `#`).
+    (
+        "keywords:letter_frequency",
+        {"letter": "#", "let_frequency": 2, "let_relation": "at least"},
+        "# Title\n## Part",
+        True,
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize("iid, kwargs, response, strict, loose", QUIRKS)
+def test_ifeval_quirks(tmp_path, iid, kwargs, response, strict, loose):
+    record = {"key": "q", "prompt": "p", "instruction_id_list": [iid], "kwargs": [kwargs]}
+    got = score(load_prompts(_write(tmp_path / "q.jsonl", [record])), {"q": response})
+    assert got["per_prompt"][0] == {"key": "q", "strict": [strict], "loose": [loose]}
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_deep_json_is_not_json_never_a_crash(depth):
+    for deep in ("[" * depth + "]" * depth, '{"a": ' * depth + "1" + "}" * depth):
+        assert check_instruction("detectable_format:json_format", deep, {}) is False
+        fenced = "```json\n" + deep + "\n```"
+        assert check_instruction("detectable_format:json_format", fenced, {}) is False
+    assert check_instruction("detectable_format:json_format", "[" * 50 + "]" * 50, {}) is True
+
+
+def test_letter_must_be_one_character(tmp_path):
+    record = {
+        "key": "x",
+        "prompt": "p",
+        "instruction_id_list": ["keywords:letter_frequency"],
+        "kwargs": [{"letter": "ab", "let_frequency": 2, "let_relation": "at least"}],
+    }
+    with pytest.raises(ValueError, match="x.jsonl:1: .* letter must be one character"):
+        load_prompts(_write(tmp_path / "x.jsonl", [record]))
+
+
 @pytest.mark.parametrize("iid", sorted(CASES))
 def test_checker_passes_and_fails(iid):
     kwargs, good, bad = CASES[iid]
@@ -182,7 +358,8 @@ def test_score_from_local_file_strict_and_loose(tmp_path):
         )
     )
     responses = {
-        "a": "all good here",  # follows both
+        # follows both (langdetect must call it English: "all good here" reads as Welsh)
+        "a": "this answer is all in lowercase and has no commas at all",
         # follows only once the sign-off line is dropped: a loose pass, a strict fail
         "b": "Here you go. Bye now.\nHope that helps!",
         "c": "not json at all",  # fails both ways
