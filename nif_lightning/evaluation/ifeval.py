@@ -33,8 +33,8 @@ Where this module knowingly differs from lm-eval:
 - `length_constraints:number_sentences` and `change_case:capital_word_frequency` tokenize with
   nltk's punkt model, as IFEval does, when nltk and its `punkt_tab` data are installed
   (`python -m nltk.downloader punkt_tab`). Without the data they use an approximation (nltk's
-  Treebank word tokenizer without the sentence split, and a regex sentence splitter), and
-  `score()` lists them under `approximated_ids`.
+  Treebank word tokenizer without the sentence split, and a sentence splitter that knows common
+  abbreviations), and `score()` lists them under `approximated_ids`.
 
 The language checks (`language:response_language`, `change_case:english_capital`,
 `change_case:english_lowercase`) need `langdetect` (in the `eval` extra); a prompt file that uses
@@ -148,16 +148,37 @@ def _treebank() -> Any:
     return NLTKWordTokenizer()
 
 
-# A fallback sentence end: . ! or ? (closing quotes/brackets may follow), then space or the end.
-_SENTENCE_END = re.compile(r"""(?<=[.!?])["')\]”’]*\s+""")
+# The fallback without punkt data: a sentence ends at . ! or ? (closing quotes or brackets may
+# follow) before white space, except after a common abbreviation or an initial (`Dr.`, `e.g.`,
+# `U.S.`, `J.`), or at an ellipsis that the next sentence does not start with a capital after.
+_SENTENCE_END = re.compile(r"""(\S*?)([.!?]+)["')\]”’]*(?=\s+(\S?))""")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr inc ltd co corp vs etc no fig eq al approx dept est vol ch "  # noqa: SIM905
+    "jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun".split()
+)
+_INITIALS = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")  # a, e.g, u.s.a
+
+
+def _fallback_sentences(text: str) -> list[str]:
+    text = text.strip()
+    sentences, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        word, marks, following = m.group(1).lower().lstrip("\"'(["), m.group(2), m.group(3)
+        if marks == ".":
+            if word in _ABBREVIATIONS or _INITIALS.fullmatch(word):
+                continue
+        elif marks.startswith("..") and not following[:1].isupper():
+            continue
+        sentences.append(text[start : m.end()])
+        start = m.end()
+    sentences.append(text[start:])
+    return [s.strip() for s in sentences if s.strip()]
 
 
 @functools.lru_cache(maxsize=1024)  # a response is read strictly, then loosely: same texts
 def _sentences(text: str) -> list[str]:
     punkt = _punkt()
-    if punkt is not None:
-        return punkt.tokenize(text)
-    return [s for s in _SENTENCE_END.split(text.strip()) if s.strip()]
+    return _fallback_sentences(text) if punkt is None else punkt.tokenize(text)
 
 
 @functools.lru_cache(maxsize=1024)
