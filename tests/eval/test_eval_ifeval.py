@@ -2,6 +2,7 @@
 does not; scoring from a local IFEval-format file gives IFEval's four accuracies."""
 
 import json
+import sys
 
 import pytest
 
@@ -302,6 +303,19 @@ def test_deep_json_is_not_json_never_a_crash(depth):
         fenced = "```json\n" + deep + "\n```"
         assert check_instruction("detectable_format:json_format", fenced, {}) is False
     assert check_instruction("detectable_format:json_format", "[" * 50 + "]" * 50, {}) is True
+
+
+@pytest.mark.parametrize("iid", ["change_case:english_capital", "language:response_language"])
+def test_language_checks_need_langdetect(tmp_path, monkeypatch, iid):
+    monkeypatch.setitem(sys.modules, "langdetect", None)  # as if not installed
+    record = {
+        "key": "x",
+        "prompt": "p",
+        "instruction_id_list": [iid],
+        "kwargs": [{"language": "de"}],
+    }
+    with pytest.raises(ValueError, match=f"x.jsonl:1: {iid} needs langdetect: pip install"):
+        load_prompts(_write(tmp_path / "x.jsonl", [record]))
 
 
 def test_letter_must_be_one_character(tmp_path):
