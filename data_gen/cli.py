@@ -60,6 +60,23 @@ exit codes: 0 complete; 1 some verdicts missing (re-run to ask again); 2 bad inp
 3 the judge stopped the run (spend limit or rejected key), finished work kept."""
 
 
+_EXPORT_HELP = """\
+Write alpaca-format records (prompt -> instruction, completion -> output, empty input) plus a
+dataset_info.json entry that LLaMA-Factory loads as is. Each output ends with the model's EOS
+text, so that LLaMA-Factory's `empty` template (0.9.5: the raw text, no EOS of its own) trains on
+exactly the token sequences `nif train` builds: tok(prompt) + tok(completion) + [eos]. Train it
+with `template: empty` (the paper's `vanilla` is gone from LLaMA-Factory; `default` adds
+"Human: " / "Assistant:" text). Rows longer than LLaMA-Factory's cutoff_len are cut by its own
+rule, which differs from the paper's.
+
+example:
+  nif export llamafactory runs/data runs/lf-data --name nif_owt --tokenizer meta-llama/Llama-2-7b-hf
+  # then, in the LLaMA-Factory training YAML:
+  #   dataset: nif_owt
+  #   dataset_dir: runs/lf-data
+  #   template: empty"""
+
+
 def register(subparsers) -> None:
     from data_gen.config import FilterConfig, GenConfig
 
@@ -86,17 +103,28 @@ def register(subparsers) -> None:
     exp = subparsers.add_parser(
         "export",
         help="export a generated folder for another trainer (LLaMA-Factory)",
-        description=(
-            "Write alpaca-format records plus a dataset_info.json entry that LLaMA-Factory\n"
-            "loads as is (prompt -> instruction, completion -> output).\n\n"
-            "example:\n  nif export llamafactory runs/data runs/lf-data --name nif_owt"
-        ),
+        description=_EXPORT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    exp.add_argument("format", choices=FORMATS, help="target format")
-    exp.add_argument("src", metavar="DIR", help="folder written by `nif gen` / `nif filter`")
-    exp.add_argument("out", metavar="OUT", help="output folder")
+    exp.add_argument("format", choices=FORMATS, help="target format (required)")
+    exp.add_argument(
+        "src", metavar="DIR", help="folder written by `nif gen` / `nif filter` (required)"
+    )
+    exp.add_argument("out", metavar="OUT", help="output folder (required)")
     exp.add_argument("--name", default="nif", help="dataset name (default: nif)")
+    eos = exp.add_mutually_exclusive_group()
+    eos.add_argument(
+        "--tokenizer",
+        metavar="MODEL",
+        help="the model you will train (folder or Hub id): its EOS text ends each output, "
+        "checked row by row (one of --tokenizer / --eos-token is required)",
+    )
+    eos.add_argument(
+        "--eos-token",
+        metavar="TEXT",
+        help="the EOS text itself, e.g. '</s>' or '<|end_of_text|>'; '' for none, only for a "
+        "template that appends its own (default: the --tokenizer's)",
+    )
     exp.set_defaults(func=_export)
 
 
@@ -204,9 +232,14 @@ def _export(args: argparse.Namespace) -> int:
     from data_gen.export import export_llamafactory
 
     try:
-        path = export_llamafactory(args.src, args.out, name=args.name)
+        path = export_llamafactory(
+            args.src, args.out, name=args.name, tokenizer=args.tokenizer, eos_token=args.eos_token
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"nif export: {err}", file=sys.stderr)
         return 2
-    print(f"nif export: {path} (+ dataset_info.json entry {args.name!r})")
+    print(
+        f"nif export: {path} (+ dataset_info.json entry {args.name!r}); "
+        "train it with LLaMA-Factory's `template: empty`"
+    )
     return 0

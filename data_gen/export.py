@@ -1,9 +1,29 @@
-"""`nif export llamafactory DIR OUT`: a generated folder as a LLaMA-Factory dataset.
+"""`nif export llamafactory DIR OUT --tokenizer MODEL`: a generated folder as a LLaMA-Factory
+dataset that trains on the same token sequences as `nif train`.
 
 LLaMA-Factory reads a dataset folder holding the data files and a `dataset_info.json` whose
-entry maps alpaca columns to fields. The paper trained with exactly this (template `vanilla`):
-prompt -> `instruction`, completion -> `output`, an empty `input`. Files are written atomically
-(`store`), so the folder never holds a half-written file.
+entry maps alpaca columns to fields: prompt -> `instruction`, completion -> `output`, an empty
+`input`. The paper trained through LLaMA-Factory 0.5.2's `vanilla` template: the raw prompt, the
+raw completion, then the EOS. LLaMA-Factory 0.9.5 has no `vanilla`; its `default` template adds
+`Human: ` / `Assistant:` text, and its `empty` template keeps the raw text but appends no EOS, so
+a model trained through it never learns to stop. Hence the export writes each completion with
+the tokenizer's EOS text at its end (`</s>`, `<|end_of_text|>`, ...), and training uses
+`template: empty`. LLaMA-Factory then tokenizes `instruction` and `output` apart, without
+special tokens added, and the EOS text becomes the EOS id: token for token what `nif train`
+builds (tok(prompt) + tok(completion) + [eos], loss on the completion and the EOS).
+
+`--tokenizer` (a folder or Hub id: the model you will train) gives the EOS text and checks, row
+by row, that the tokenizer reads `completion + EOS text` back as tok(completion) + [eos id]
+(a tokenizer that strips the text around its EOS would not; such a row is named). Without a
+tokenizer, `--eos-token TEXT` names the EOS text itself (`--eos-token ''`: none, for a template
+that appends its own).
+
+Truncation: rows within LLaMA-Factory's `cutoff_len` are identical to ours. Longer rows are cut
+by LLaMA-Factory 0.9.5's `infer_seqlen`, which shares the budget between prompt and completion
+differently from the paper's 0.5.2 rule that `nif train` keeps, so those few rows differ in where
+they are cut.
+
+Files are written atomically (`store`), so the folder never holds a half-written file.
 """
 
 from __future__ import annotations
@@ -16,27 +36,94 @@ from data_gen.shards import read_rows
 from data_gen.store import check_dataset_dir, write_json_atomic
 
 FORMATS = ("llamafactory",)
+# The LLaMA-Factory template the export is made for (0.9.5: the raw text, nothing added).
+TEMPLATE = "empty"
 
 
-def export_llamafactory(src: str | Path, out: str | Path, *, name: str = "nif") -> Path:
-    """Write `OUT/<name>.json` (alpaca records) and add `<name>` to `OUT/dataset_info.json`."""
+def export_llamafactory(
+    src: str | Path,
+    out: str | Path,
+    *,
+    name: str = "nif",
+    tokenizer: str | None = None,
+    eos_token: str | None = None,
+) -> Path:
+    """Write `OUT/<name>.json` (alpaca records, each output ending with the EOS text) and add
+    `<name>` to `OUT/dataset_info.json`; train it with LLaMA-Factory's `template: empty`."""
     src, out = Path(src), Path(out)
     check_dataset_dir(src, what="DIR")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"`--name` must be letters, digits, '_', '.' or '-', got {name!r}")
-    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None and eos_token is not None:
+        raise ValueError("give `--tokenizer` or `--eos-token`, not both")
+    if tokenizer is None and eos_token is None:
+        raise ValueError(
+            "the export must end each output with the model's EOS (LLaMA-Factory's `empty` "
+            "template adds none): name the model's tokenizer with `--tokenizer` (a folder or Hub "
+            "id) or its EOS text with `--eos-token` (e.g. '</s>')"
+        )
+    rows = read_rows(src)
+    if tokenizer is not None:
+        eos_token = eos_text_of(tokenizer, [row["completion"] for row in rows])
+        if Path(tokenizer).exists():  # recorded so that it reads the same from anywhere
+            tokenizer = str(Path(tokenizer).resolve())
     records = [
-        {"instruction": row["prompt"], "input": "", "output": row["completion"]}
-        for row in read_rows(src)
+        {"instruction": row["prompt"], "input": "", "output": row["completion"] + eos_token}
+        for row in rows
     ]
+    out.mkdir(parents=True, exist_ok=True)
     data_file = out / f"{name}.json"
     write_json_atomic(data_file, records, indent=None)
 
     info_path = out / "dataset_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    info[name] = {
-        "file_name": data_file.name,
-        "columns": {"prompt": "instruction", "query": "input", "response": "output"},
-    }
+    info[name] = dataset_info_entry(data_file.name, eos_token, tokenizer)
     write_json_atomic(info_path, info)
     return data_file
+
+
+def dataset_info_entry(file_name: str, eos_token: str, tokenizer: str | None) -> dict:
+    """The `dataset_info.json` entry; LLaMA-Factory ignores the `nif` key, which records how the
+    file was made and the template to train it with."""
+    ends = f"the EOS text {eos_token!r}" if eos_token else "no EOS (--eos-token '')"
+    return {
+        "file_name": file_name,
+        "formatting": "alpaca",
+        "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+        "nif": {
+            "template": TEMPLATE,
+            "eos_in_output": eos_token,
+            "tokenizer": tokenizer,
+            "note": (
+                f"train with `template: {TEMPLATE}`: the raw prompt, then the output, which ends "
+                f"with {ends}: the token sequences of `nif train`"
+            ),
+        },
+    }
+
+
+def eos_text_of(tokenizer: str, completions: list[str]) -> str:
+    """The EOS text of `tokenizer`, after checking that every completion followed by it
+    tokenizes as the completion's tokens plus the EOS id (what `nif train` trains on)."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"`--tokenizer` {tokenizer}: cannot load it ({first})") from None
+    if tok.eos_token is None or tok.eos_token_id is None:
+        raise ValueError(f"`--tokenizer` {tokenizer} has no EOS token; name one with --eos-token")
+    eos, eos_id = tok.eos_token, tok.eos_token_id
+    for start in range(0, len(completions), 1024):
+        chunk = completions[start : start + 1024]
+        plain = tok(chunk, add_special_tokens=False)["input_ids"]
+        ended = tok([c + eos for c in chunk], add_special_tokens=False)["input_ids"]
+        for i, (a, b) in enumerate(zip(plain, ended, strict=True)):
+            if b != [*a, eos_id]:
+                raise ValueError(
+                    f"`--tokenizer` {tokenizer}: completion {start + i} followed by its EOS "
+                    f"text {eos!r} does not tokenize as its tokens plus the EOS id {eos_id}; "
+                    "this tokenizer cannot carry the EOS in the text"
+                )
+    return eos

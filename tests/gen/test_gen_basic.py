@@ -224,19 +224,23 @@ def test_export_llamafactory_loads_with_datasets(tmp_path):
     assert (
         _nif(["gen", "--corpus", "builtin", "--out", str(data), "--num-docs", "12", "--quiet"]) == 0
     )
-    assert _nif(["export", "llamafactory", str(data), str(out), "--name", "nif_owt"]) == 0
+    argv = ["export", "llamafactory", str(data), str(out), "--name", "nif_owt"]
+    assert _nif([*argv, "--eos-token", "</s>"]) == 0
     info = json.loads((out / "dataset_info.json").read_text())
-    assert info["nif_owt"] == {
-        "file_name": "nif_owt.json",
-        "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+    assert info["nif_owt"]["file_name"] == "nif_owt.json"
+    assert info["nif_owt"]["columns"] == {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
     }
+    assert info["nif_owt"]["nif"]["template"] == "empty"
     from datasets import load_dataset
 
     ds = load_dataset("json", data_files=str(out / "nif_owt.json"), split="train")
     rows = {r["id"]: r for r in read_rows(data)}
     assert ds.num_rows == 12 and set(ds.column_names) == {"instruction", "input", "output"}
     prompts = {r["prompt"]: r["completion"] for r in rows.values()}
-    assert all(prompts[r["instruction"]] == r["output"] and r["input"] == "" for r in ds)
+    assert all(prompts[r["instruction"]] + "</s>" == r["output"] and r["input"] == "" for r in ds)
     assert not [p for p in out.iterdir() if re.search(r"\.tmp$", p.name)]
 
 
@@ -253,7 +257,7 @@ def test_a_resumed_run_reuses_its_sample_instead_of_reading_the_corpus(tmp_path,
     def no_reading(*args, **kwargs):
         raise AssertionError("the corpus was read again")
 
-    monkeypatch.setattr(gen, "iter_documents", no_reading)
+    monkeypatch.setattr(gen, "sample_corpus", no_reading)
     (tmp_path / "o" / "shards" / "part-00000.arrow").unlink()  # as if those rows were lost
     stats = generate(cfg, progress=False)
     assert stats.sampled == 12 and stats.new == 12 and len(read_rows(tmp_path / "o")) == 12
