@@ -142,7 +142,12 @@ class FilterConfig:
     quiet: bool = False
     """No progress bar."""
     judge: TeacherConfig | None = section(
-        None, flatten=True, prefix="judge_", title="judge (filter b)", defaults={"max_tokens": 16}
+        None,
+        flatten=True,
+        prefix="judge_",
+        title="judge (filter b)",
+        defaults={"max_tokens": 16},
+        shown={"kind": "none: no judge, filter (a) only"},
     )
     """The LLM judge of filter (b): set `--judge-teacher` to enable it."""
 

@@ -17,6 +17,9 @@ A field's metadata (made with `option` / `section`) tunes the derivation:
 - `flag`: the option's name when it differs from the field's (`kind` is `--teacher`);
 - `positional`: a positional argument instead of a flag;
 - `cli=False`: YAML only;
+- `shown`: the default as `--help` states it, where the field's own default (None) stands for
+  something (`--base-url`: the provider's API root); a section's `shown` maps its fields' names
+  to such texts for that use (the judge's `--judge-teacher`: no judge);
 - `section(..., flatten=True, prefix=...)`: a nested config whose options sit beside the
   parent's (the teacher options of `nif gen`, the `judge_*` options of `nif filter`); an
   Optional flattened section is built only when one of its options is given.
@@ -66,9 +69,12 @@ def option(
     positional: bool = False,
     cli: bool = True,
     metavar: str | None = None,
+    shown: str | None = None,
 ) -> Any:
     """A dataclass field with CLI metadata (see the module docstring)."""
     meta = {"flag": flag, "positional": positional, "cli": cli, "metavar": metavar}
+    if shown is not None:
+        meta["shown"] = shown
     return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
 
 
@@ -81,9 +87,11 @@ def section(
     defaults: dict[str, Any] | None = None,
     only: tuple[str, ...] | None = None,
     cli: bool = True,
+    shown: dict[str, str] | None = None,
 ) -> Any:
     """A nested config field. `factory=None` makes it optional (None unless an option is given).
-    `defaults` override the nested class's defaults for this use; `only` limits its options."""
+    `defaults` override the nested class's defaults for this use; `only` limits its options;
+    `shown` overrides how `--help` states their defaults."""
     meta = {
         "flatten": flatten,
         "prefix": prefix,
@@ -91,6 +99,7 @@ def section(
         "cli": cli,
         "defaults": dict(defaults or {}),
         "only": only,
+        "shown": dict(shown or {}),
     }
     if factory is None:
         return dataclasses.field(default=None, metadata=meta)
@@ -141,6 +150,7 @@ class Option:
     doc: str
     positional: bool = False
     metavar: str | None = None
+    shown: str | None = None  # the default as --help states it, when not `default` itself
 
     @property
     def flag(self) -> str:
@@ -175,6 +185,7 @@ def options(
     defaults: dict[str, Any] | None = None,
     only: tuple[str, ...] | None = None,
     cli_only: bool = False,
+    shown: dict[str, str] | None = None,
 ) -> Iterator[Option]:
     """The flat options of `cls`: flattened sections inline, other sections skipped."""
     hints, docs = _hints(cls), field_docs(cls)
@@ -194,9 +205,12 @@ def options(
                     defaults=meta.get("defaults"),
                     only=meta.get("only"),
                     cli_only=cli_only,
+                    shown=meta.get("shown"),
                 )
             continue
         default = (defaults or {}).get(f.name, _default(f))
+        # A use that sets its own default shows that value, not the field's stated text.
+        stated = None if defaults and f.name in defaults else meta.get("shown")
         yield Option(
             key=prefix + (meta.get("flag") or f.name),
             path=(*path, f.name),
@@ -205,6 +219,7 @@ def options(
             doc=docs.get(f.name, ""),
             positional=bool(meta.get("positional")),
             metavar=meta.get("metavar"),
+            shown=(shown or {}).get(f.name, stated),
         )
 
 
@@ -436,7 +451,9 @@ def _help(opt: Option) -> str:
     default = opt.default
     if default is dataclasses.MISSING:
         return f"{doc} (required)" if doc else "(required)"
-    if isinstance(default, bool):
+    if opt.shown is not None:
+        shown = opt.shown
+    elif isinstance(default, bool):
         shown = "on" if default else "off"
     elif isinstance(default, (list, tuple)):
         shown = ", ".join(map(str, default)) or "none"

@@ -46,26 +46,33 @@ class TeacherConfig:
     kind: Kind = option("original", flag="teacher")
     """Who answers: original (the true continuation, no LLM) | openai | openai-completions |
     anthropic | hf (a local model)."""
-    model: str | None = None
+    model: str | None = option(None, shown="none; every teacher but `original` needs one")
     """API model name, or a HF hub id / local folder for `hf`."""
-    base_urls: tuple[str, ...] = option((), flag="base_url")
+    base_urls: tuple[str, ...] = option(
+        (),
+        flag="base_url",
+        shown="the provider's: https://api.openai.com/v1 (openai), http://localhost:8000/v1 "
+        "(openai-completions), https://api.anthropic.com/v1 (anthropic)",
+    )
     """API root such as http://host:8000/v1; repeat to spread the load over a fleet. Redirects
     are never followed; a user:password@ or ?key= in it is masked wherever it is written."""
-    api_key_env: str | None = None
-    """NAME of the environment variable holding the key (never the key itself); none = the
-    provider's usual one (OPENAI_API_KEY, ANTHROPIC_API_KEY)."""
+    api_key_env: str | None = option(
+        None, shown="OPENAI_API_KEY (openai, openai-completions), ANTHROPIC_API_KEY (anthropic)"
+    )
+    """NAME of the environment variable holding the key (never the key itself)."""
     temperature: float = 0.0
     """Sampling temperature; the paper: 0."""
     max_tokens: int = 1024
     """Reply length cap in tokens; also bounds what the server may send back: a body of at most
     max(4 MiB, 256 bytes per token), a completion of at most max(1024, 16 per token) characters."""
-    system_prompt: str | None = None
-    """System prompt; `anthropic` defaults to the paper's, "" for none."""
+    system_prompt: str | None = option(None, shown="none; the paper's for `anthropic`")
+    """System prompt; "" for none."""
     concurrency: int = 16
-    """Requests in flight; the batch size for `hf`."""
-    rpm: float | None = None
+    """Requests in flight (the most: a request past --timeout halves it for a while); the batch
+    size for `hf`."""
+    rpm: float | None = option(None, shown="no limit")
     """Requests-per-minute budget."""
-    tpm: float | None = None
+    tpm: float | None = option(None, shown="no limit")
     """Tokens-per-minute budget; prompt chars / 4 + max_tokens charged up front."""
     max_retries: int = 6
     """Retries per request before it counts as failed."""
