@@ -19,7 +19,8 @@ setup(
     packages=find_packages(include=["nif_lightning*", "data_gen*"]),
     include_package_data=True,
     package_data={
-        "nif_lightning.evaluation": ["data/*.jsonl"],
+        # lm-eval-demo: stand-in leaderboard tasks (YAML, loader, documents), `--include-path demo`
+        "nif_lightning.evaluation": ["data/*.jsonl", "data/lm-eval-demo/*"],
         "nif_lightning": ["model_shapes/*.json", "configs/*.yaml"],
     },
     # GPU users install their own CUDA build of torch first; `pip install torch==2.13.0`

@@ -4,4 +4,5 @@ lm-eval, LLM-judge grades and win rates, and the side-by-side comparison table (
 from pathlib import Path
 
 DATA_DIR = Path(__file__).parent / "data"
-"""Shipped question files: `mt_questions.jsonl` (MT-Bench format) and `ifeval_prompts.jsonl`."""
+"""Shipped files: `mt_questions.jsonl` (MT-Bench format), `ifeval_prompts.jsonl`, and
+`lm-eval-demo/` (stand-ins for the leaderboard tasks, `--include-path demo`)."""

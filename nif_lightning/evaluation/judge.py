@@ -10,6 +10,22 @@ whichever answer comes first, so every question is judged twice, once in each or
 games count; the win rate is (wins + ties / 2) / games, from the model's side, with a 95%
 bootstrap interval over questions.
 
+The prompts above are our own wording (the benchmarks' texts are not copied into the project), so
+these grades are NOT comparable with published MT-Bench numbers (the paper's Tables 1 and 5). For
+comparable grades, pass the official prompt file (`--judge-prompts`, FastChat's
+`judge_prompts.jsonl`): turn 1 is judged with `single-v1`, turn 2 with `single-v1-multi-turn`,
+and questions in FastChat's reference categories (math, reasoning, coding) with the `-math-`
+variants against `--reference-answers` (FastChat's answer jsonl); pairwise games use `pair-v2`
+(`pair-math-v1`). Each record's system prompt is sent with it and its reply is read the way
+FastChat reads its `output_format` (`[[rating]]`: the first `[[x]]`, else the first `[x]`;
+`[[A]]`: A, B or C for a tie).
+
+Besides the win rate, the pairwise games give the Arena-Hard score the way Arena-Hard v0.1's
+`show_result.py` computes it: every game is a battle (a decisive `>>` verdict counts 3 times,
+a tie half a win to each side), a Bradley-Terry model is fitted to the battles, and the score is
+the model's predicted win rate against the baseline, with a 95% interval from 100 bootstrap
+resamples of the battles.
+
 The judge is reached through the teacher client of `nif gen` (`data_gen.llm`): any
 OpenAI-compatible or Anthropic endpoint, with its retries and rate limits. Each verdict is
 appended to a jsonl cache as it arrives, keyed by a hash of the judge's name and the exact
@@ -21,14 +37,17 @@ asked again by the next run.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import dataclasses
 import hashlib
 import json
 import random
 import re
+import string
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from data_gen.store import JsonlCache
 
@@ -104,6 +123,241 @@ def parse_pair(reply: str) -> str | None:
     return found[-1] if found else None
 
 
+# ---------------------------------------------------------------------------------------------
+# A judge prompt file in FastChat's format (`--judge-prompts`)
+
+NEED_REF_CATEGORIES = ("math", "reasoning", "coding")
+"""MT-Bench categories judged against a reference answer (FastChat's `NEED_REF_CATS`)."""
+
+_PROMPT_KEYS = ("name", "type", "system_prompt", "prompt_template", "output_format")
+_OUTPUT_FORMATS = {"single": ("[[rating]]",), "pairwise": ("[[A]]", "[[rating_a,rating_b]]")}
+
+# role -> (record name, the placeholders we fill)
+_ROLES: dict[str, tuple[str, frozenset[str]]] = {
+    "single": ("single-v1", frozenset({"question", "answer"})),
+    "single-turn2": (
+        "single-v1-multi-turn",
+        frozenset({"question_1", "answer_1", "question_2", "answer_2"}),
+    ),
+    "single-ref": ("single-math-v1", frozenset({"question", "answer", "ref_answer_1"})),
+    "single-ref-turn2": (
+        "single-math-v1-multi-turn",
+        frozenset(
+            {"question_1", "answer_1", "question_2", "answer_2", "ref_answer_1", "ref_answer_2"}
+        ),
+    ),
+    "pair": ("pair-v2", frozenset({"question", "answer_a", "answer_b"})),
+    "pair-ref": ("pair-math-v1", frozenset({"question", "answer_a", "answer_b", "ref_answer_1"})),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgePrompt:
+    """One record of a FastChat-format judge prompt file."""
+
+    name: str
+    type: str  # single | pairwise
+    system_prompt: str
+    prompt_template: str
+    output_format: str
+    placeholders: frozenset[str]
+
+    def fill(self, **values: str) -> str:
+        return self.prompt_template.format(**values)  # as FastChat fills it
+
+    def parse(self, reply: str):
+        if self.output_format == "[[rating]]":
+            return parse_rating_fastchat(reply)
+        if self.output_format == "[[A]]":
+            return parse_pair_fastchat(reply)
+        return parse_two_ratings_fastchat(reply)
+
+
+def load_judge_prompts(path: str | Path) -> dict[str, JudgePrompt]:
+    """Read a judge prompt file in FastChat's `judge_prompts.jsonl` format: one JSON record a
+    line with `name`, `type` (single | pairwise), `system_prompt`, `prompt_template` (str.format
+    placeholders), `output_format`; `description` and `category` are not used."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"`--judge-prompts` {str(path)!r} does not exist")
+    out: dict[str, JudgePrompt] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"`--judge-prompts` {path}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}: a record must be a JSON object")
+        absent = [k for k in _PROMPT_KEYS if not isinstance(rec.get(k), str)]
+        if absent:
+            raise ValueError(f"{where}: needs string field(s) {absent} (FastChat's format)")
+        kind, fmt = rec["type"], rec["output_format"]
+        if kind not in _OUTPUT_FORMATS:
+            raise ValueError(f"{where}: `type` must be single or pairwise, got {kind!r}")
+        if fmt not in _OUTPUT_FORMATS[kind]:
+            raise ValueError(
+                f"{where}: `output_format` of a {kind} prompt must be one of "
+                f"{list(_OUTPUT_FORMATS[kind])}, got {fmt!r}"
+            )
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(rec["prompt_template"]) if f}
+        except ValueError as err:
+            raise ValueError(f"{where}: `prompt_template` is not a format string ({err})") from None
+        if rec["name"] in out:
+            raise ValueError(f"{where}: name {rec['name']!r} repeats")
+        out[rec["name"]] = JudgePrompt(
+            rec["name"], kind, rec["system_prompt"], rec["prompt_template"], fmt, frozenset(fields)
+        )
+    if not out:
+        raise ValueError(f"`--judge-prompts` {str(path)!r} holds no prompts")
+    return out
+
+
+def load_reference_answers(path: str | Path | None) -> dict[str, list[str]]:
+    """Reference answers in FastChat's model-answer jsonl (`question_id`, `choices[0].turns`);
+    question id (str) -> one reference per turn. None -> no references."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"`--reference-answers` {str(path)!r} does not exist")
+    out: dict[str, list[str]] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"`--reference-answers` {path}:{n}"
+        try:
+            rec = json.loads(line)
+            turns = rec["choices"][0]["turns"]
+            qid = rec["question_id"]
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(
+                f"{where}: needs `question_id` and `choices[0].turns` (FastChat's answer format)"
+            ) from None
+        if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+            raise ValueError(f"{where}: `choices[0].turns` must be a list of strings")
+        out[str(qid)] = turns
+    return out
+
+
+def needs_reference(question: dict[str, Any]) -> bool:
+    return question.get("category", "") in NEED_REF_CATEGORIES
+
+
+def plan_prompts(
+    prompts: dict[str, JudgePrompt],
+    questions: list[dict[str, Any]],
+    refs: dict[str, list[str]],
+    *,
+    pairwise: bool,
+) -> dict[str, JudgePrompt]:
+    """role -> the record that judges it, checked against what the questions need: the records
+    are there, of the right type, use only the placeholders we fill, and every reference-category
+    question has a reference for each of its turns."""
+    roles = {"single"}
+    if any(len(q["turns"]) > 1 for q in questions):
+        roles.add("single-turn2")
+    ref_questions = [q for q in questions if needs_reference(q)]
+    if ref_questions:
+        roles.add("single-ref")
+        if any(len(q["turns"]) > 1 for q in ref_questions):
+            roles.add("single-ref-turn2")
+    if pairwise:
+        roles |= {"pair", "pair-ref"} if ref_questions else {"pair"}
+    plan = {}
+    for role in sorted(roles):
+        name, filled = _ROLES[role]
+        rec = prompts.get(name)
+        if rec is None:
+            raise ValueError(
+                f"`--judge-prompts` has no record named {name!r}, which judges "
+                f"{_ROLE_WORDS[role]} (FastChat's file has it)"
+            )
+        want = "pairwise" if role.startswith("pair") else "single"
+        if rec.type != want:
+            raise ValueError(f"`--judge-prompts` record {name!r} must be of type {want!r}")
+        extra = sorted(rec.placeholders - filled)
+        if extra:
+            raise ValueError(
+                f"`--judge-prompts` record {name!r} uses placeholder(s) {extra} that its role "
+                f"does not fill (it fills {sorted(filled)})"
+            )
+        plan[role] = rec
+    if ref_questions and not refs:
+        cats = sorted({q["category"] for q in ref_questions})
+        raise ValueError(
+            f"`--judge-prompts`: the {cats} questions are judged against reference answers "
+            "(FastChat's single-math-v1): give `--reference-answers FILE`"
+        )
+    for q in ref_questions:
+        qid, turns = str(q["question_id"]), len(q["turns"])
+        if len(refs.get(qid, [])) < turns:
+            raise ValueError(
+                f"`--reference-answers` has no reference for every turn of question {qid!r} "
+                f"({q['category']}, {turns} turn(s))"
+            )
+    return plan
+
+
+_ROLE_WORDS = {
+    "single": "first turns",
+    "single-turn2": "second turns",
+    "single-ref": "first turns of math/reasoning/coding questions",
+    "single-ref-turn2": "second turns of math/reasoning/coding questions",
+    "pair": "pairwise games",
+    "pair-ref": "pairwise games on math/reasoning/coding questions",
+}
+
+# FastChat's readers of the verdict (common.py): the first match, with a one-bracket fallback.
+_FC_ONE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_FC_ONE_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+_FC_TWO = re.compile(r"\[\[(\d+\.?\d*),\s?(\d+\.?\d*)\]\]")
+_FC_TWO_BACKUP = re.compile(r"\[(\d+\.?\d*),\s?(\d+\.?\d*)\]")
+_FC_TIE_DELTA = 0.1
+
+
+def parse_rating_fastchat(reply: str) -> float | None:
+    """`[[rating]]` as FastChat reads it: the first `[[x]]`, else the first `[x]`; no range
+    check (FastChat keeps any number); None where it records -1."""
+    found = _FC_ONE.search(reply) or _FC_ONE_BACKUP.search(reply)
+    return float(ast.literal_eval(found.group(1))) if found else None
+
+
+def parse_pair_fastchat(reply: str) -> str | None:
+    """`[[A]]` as FastChat reads it (A, else B, else C = tie), as our verdict labels."""
+    for mark, verdict in (("[[A]]", "A>B"), ("[[B]]", "B>A"), ("[[C]]", "A=B")):
+        if mark in reply:
+            return verdict
+    return None
+
+
+def parse_two_ratings_fastchat(reply: str) -> str | None:
+    """`[[rating_a,rating_b]]` as FastChat reads it: a tie within 0.1."""
+    found = _FC_TWO.search(reply) or _FC_TWO_BACKUP.search(reply)
+    if not found:
+        return None
+    a, b = (float(ast.literal_eval(x.strip())) for x in found.groups())
+    if abs(a - b) <= _FC_TIE_DELTA:
+        return "A=B"
+    return "A>B" if a > b else "B>A"
+
+
+# ---------------------------------------------------------------------------------------------
+# Asking the judge
+
+
+class _Job(NamedTuple):
+    kind: str  # single | pair
+    prompt: str
+    parse: Callable[[str], Any]
+    system: str | None = None  # None: our judge system prompt (or --judge-system-prompt)
+
+
 def _judge_cfg(cfg):
     # The teacher client's own default system prompt (anthropic: "continue the sentence") is the
     # wrong job for a judge; an explicit `--judge-system-prompt` still wins.
@@ -112,8 +366,9 @@ def _judge_cfg(cfg):
     return cfg
 
 
-def _key(judge_name: str, prompt: str) -> str:
-    return hashlib.sha256(f"{judge_name}\0{prompt}".encode()).hexdigest()[:32]
+def _key(judge_name: str, job: _Job) -> str:
+    text = job.prompt if job.system is None else f"{job.system}\0{job.prompt}"
+    return hashlib.sha256(f"{judge_name}\0{text}".encode()).hexdigest()[:32]
 
 
 def _read_cache(path: Path) -> dict[str, dict]:
@@ -121,36 +376,51 @@ def _read_cache(path: Path) -> dict[str, dict]:
     return {rec["key"]: rec for rec in JsonlCache(path).read()}
 
 
-async def _ask_all(cfg, jobs: dict[str, tuple[str, str]], cache_path: Path, parse) -> dict:
-    """`jobs`: label -> (kind, prompt). Returns label -> cached record (absent = unjudged)."""
-    from data_gen.llm import RunStopped, fan_out, make_teacher
+async def _ask_all(cfg, jobs: dict[str, _Job], cache_path: Path) -> dict:
+    """Returns label -> cached record (absent = unjudged). Jobs with their own system prompt
+    (a prompt file's records) are asked through a client configured with it."""
+    from data_gen.llm import RunStopped
 
-    cfg = _judge_cfg(cfg)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     cached = _read_cache(cache_path)
+    by_system: dict[str | None, dict[str, _Job]] = {}
+    for label, job in jobs.items():
+        by_system.setdefault(job.system, {})[label] = job
+    keys: dict[str, str] = {}
+    with JsonlCache(cache_path).open_for_append() as cache:
+        for system, group in by_system.items():
+            if system is None:
+                group_cfg = _judge_cfg(cfg)
+            else:
+                group_cfg = dataclasses.replace(cfg, system_prompt=system)
+            stop = await _ask_group(group_cfg, group, cached, cache, keys)
+            if stop is not None:
+                raise RunStopped(f"the judge stopped the evaluation: {stop}; verdicts so far kept")
+    return {label: cached[key] for label, key in keys.items() if key in cached}
+
+
+async def _ask_group(cfg, jobs: dict[str, _Job], cached: dict, cache, keys: dict[str, str]):
+    from data_gen.llm import fan_out, make_teacher
+
     async with make_teacher(cfg) as judge:
-        keys = {label: _key(judge.name, prompt) for label, (_, prompt) in jobs.items()}
+        keys.update({label: _key(judge.name, job) for label, job in jobs.items()})
         todo = [label for label in jobs if keys[label] not in cached]
-        with JsonlCache(cache_path).open_for_append() as cache:
 
-            def keep(label: str, reply) -> None:
-                rec = {
-                    "key": keys[label],
-                    "label": label,
-                    "kind": jobs[label][0],
-                    "verdict": parse(reply.text),
-                    "reply": reply.text[-2000:],  # the end holds the verdict
-                }
-                cached[rec["key"]] = rec
-                cache.append(rec)
+        def keep(label: str, reply) -> None:
+            rec = {
+                "key": keys[label],
+                "label": label,
+                "kind": jobs[label].kind,
+                "verdict": jobs[label].parse(reply.text),
+                "reply": reply.text[-2000:],  # the end holds the verdict
+            }
+            cached[rec["key"]] = rec
+            cache.append(rec)
 
-            # A failed question stays unjudged (on_error's default): the next run asks again.
-            stop = await fan_out(
-                judge, todo, lambda label: jobs[label][1], keep, concurrency=cfg.concurrency
-            )
-    if stop is not None:
-        raise RunStopped(f"the judge stopped the evaluation: {stop}; verdicts so far kept")
-    return {label: cached[keys[label]] for label in jobs if keys[label] in cached}
+        # A failed question stays unjudged (on_error's default): the next run asks again.
+        return await fan_out(
+            judge, todo, lambda label: jobs[label].prompt, keep, concurrency=cfg.concurrency
+        )
 
 
 def grade_single(
@@ -158,20 +428,42 @@ def grade_single(
     questions: list[dict[str, Any]],
     answers: dict[str, list[str]],
     cache_path: str | Path,
+    *,
+    prompts: dict[str, JudgePrompt] | None = None,
+    references: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """MT-Bench-style grades of every turn. `questions`: MT-Bench records (`question_id`,
-    `category`, `turns`); `answers`: question id (str) -> one answer per turn."""
-    jobs: dict[str, tuple[str, str]] = {}
+    `category`, `turns`); `answers`: question id (str) -> one answer per turn. `prompts`: a
+    FastChat-format prompt file (`load_judge_prompts`) instead of our wording, with
+    `references` for the reference categories."""
+    plan = plan_prompts(prompts, questions, references or {}, pairwise=False) if prompts else {}
+    jobs: dict[str, _Job] = {}
     for q in questions:
         qid, turns = str(q["question_id"]), q["turns"]
         got = answers[qid]
-        jobs[f"{qid}/1"] = ("single", _SINGLE.format(question=turns[0], answer=got[0]))
-        if len(turns) > 1:
-            jobs[f"{qid}/2"] = (
-                "single",
-                _SINGLE_TURN2.format(q1=turns[0], a1=got[0], q2=turns[1], a2=got[1]),
+        if not plan:
+            jobs[f"{qid}/1"] = _Job(
+                "single", _SINGLE.format(question=turns[0], answer=got[0]), parse_rating
             )
-    verdicts = asyncio.run(_ask_all(judge_cfg, jobs, Path(cache_path), parse_rating))
+            if len(turns) > 1:
+                text = _SINGLE_TURN2.format(q1=turns[0], a1=got[0], q2=turns[1], a2=got[1])
+                jobs[f"{qid}/2"] = _Job("single", text, parse_rating)
+            continue
+        ref = references[qid] if needs_reference(q) else None
+        suffix = "-ref" if ref else ""
+        values = {"question": turns[0], "answer": got[0]}
+        if ref:
+            values["ref_answer_1"] = ref[0]
+        rec = plan["single" + suffix]
+        jobs[f"{qid}/1"] = _Job("single", rec.fill(**values), rec.parse, rec.system_prompt)
+        if len(turns) > 1:
+            values = {"question_1": turns[0], "answer_1": got[0]}
+            values |= {"question_2": turns[1], "answer_2": got[1]}
+            if ref:
+                values |= {"ref_answer_1": ref[0], "ref_answer_2": ref[1]}
+            rec = plan["single" + suffix + "-turn2"]
+            jobs[f"{qid}/2"] = _Job("single", rec.fill(**values), rec.parse, rec.system_prompt)
+    verdicts = asyncio.run(_ask_all(judge_cfg, jobs, Path(cache_path)))
     by_turn: dict[int, list[float]] = {1: [], 2: []}
     by_category: dict[str, list[float]] = {}
     unparsable = 0
@@ -196,6 +488,7 @@ def grade_single(
         "unparsable": unparsable,
         "unjudged": len(jobs) - len(verdicts),
         "asked": len(jobs),
+        "prompts": "judge-prompts file" if plan else "ours (not comparable with MT-Bench)",
     }
 
 
@@ -205,21 +498,36 @@ def pairwise(
     answers: dict[str, list[str]],
     baseline: dict[str, list[str]],
     cache_path: str | Path,
+    *,
+    prompts: dict[str, JudgePrompt] | None = None,
+    references: dict[str, list[str]] | None = None,
+    bootstrap_rounds: int = 100,
 ) -> dict[str, Any]:
     """Arena-Hard-style win rate (%) of `answers` against `baseline` on each question's first
-    turn, judged in both orders."""
+    turn, judged in both orders, and the Arena-Hard (Bradley-Terry) score of those games.
+    `prompts`/`references`: a FastChat-format prompt file's `pair-v2` / `pair-math-v1`."""
     missing = [str(q["question_id"]) for q in questions if str(q["question_id"]) not in baseline]
     if missing:
         raise ValueError(f"the baseline answers lack question id(s) {missing[:5]}")
-    jobs: dict[str, tuple[str, str]] = {}
+    plan = plan_prompts(prompts, questions, references or {}, pairwise=True) if prompts else {}
+    jobs: dict[str, _Job] = {}
     for q in questions:
         qid, question = str(q["question_id"]), q["turns"][0]
         ours, theirs = answers[qid][0], baseline[qid][0]
-        jobs[f"{qid}/model-first"] = ("pair", _PAIR.format(question=question, a=ours, b=theirs))
-        jobs[f"{qid}/baseline-first"] = ("pair", _PAIR.format(question=question, a=theirs, b=ours))
-    verdicts = asyncio.run(_ask_all(judge_cfg, jobs, Path(cache_path), parse_pair))
+        for order, (a, b) in (("model-first", (ours, theirs)), ("baseline-first", (theirs, ours))):
+            if not plan:
+                text = _PAIR.format(question=question, a=a, b=b)
+                jobs[f"{qid}/{order}"] = _Job("pair", text, parse_pair)
+                continue
+            values = {"question": question, "answer_a": a, "answer_b": b}
+            rec = plan["pair"]
+            if needs_reference(q):
+                rec, values["ref_answer_1"] = plan["pair-ref"], references[qid][0]
+            jobs[f"{qid}/{order}"] = _Job("pair", rec.fill(**values), rec.parse, rec.system_prompt)
+    verdicts = asyncio.run(_ask_all(judge_cfg, jobs, Path(cache_path)))
     wins = ties = losses = unparsable = inconsistent = 0
     per_question: dict[str, list[float]] = {}
+    battles: list[float] = []  # the model's result in each Arena-Hard battle
     for label, rec in verdicts.items():
         if rec["verdict"] is None:
             unparsable += 1
@@ -231,6 +539,7 @@ def pairwise(
         wins += ours == 1.0
         ties += ours == 0.5
         losses += ours == 0.0
+        battles += [ours] * (ARENA_HARD_WEIGHT if ">>" in rec["verdict"] else 1)
     for scores in per_question.values():
         # Both orders answered and they disagree on who won: the judge followed position.
         inconsistent += len(scores) == 2 and scores[0] != scores[1]
@@ -244,9 +553,74 @@ def pairwise(
         "losses": losses,
         "games": games,
         "order_inconsistent_questions": inconsistent,
+        **arena_hard_score(battles, rounds=bootstrap_rounds),
         "unparsable": unparsable,
         "unjudged": len(jobs) - len(verdicts),
         "asked": len(jobs),
+        "prompts": "judge-prompts file" if plan else "ours",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The Arena-Hard score: Bradley-Terry over the battles, bootstrap interval
+
+ARENA_HARD_WEIGHT = 3
+"""A decisive verdict (`A>>B`) counts as this many battles (Arena-Hard's `--weight`)."""
+
+
+def bradley_terry(
+    battles: list[tuple[int, int, float]],
+    players: int,
+    *,
+    weights: list[float] | None = None,
+    iters: int = 10_000,
+    tol: float = 1e-12,
+) -> list[float]:
+    """Bradley-Terry strengths (summing to 1) by the MM algorithm (Hunter 2004), from battles
+    `(i, j, result of i)`: 1 a win, 0 a loss, 0.5 a tie (half a win to each side, as
+    Arena-Hard's logistic fit counts it). P(i beats j) = p_i / (p_i + p_j). A player without a
+    win gets strength 0 (the maximum-likelihood limit), so an all-wins record gives 100%."""
+    import numpy as np
+
+    wins = np.zeros((players, players))  # wins[i, j]: weighted wins of i over j
+    for (i, j, result), w in zip(battles, weights or [1.0] * len(battles), strict=True):
+        wins[i, j] += w * result
+        wins[j, i] += w * (1.0 - result)
+    games = wins + wins.T
+    total_wins = wins.sum(axis=1)
+    p = np.full(players, 1.0 / players)
+    for _ in range(iters):
+        pair_sum = p[:, None] + p[None, :]
+        denom = np.divide(games, pair_sum, out=np.zeros_like(games), where=pair_sum > 0).sum(1)
+        new = np.divide(total_wins, denom, out=np.zeros_like(p), where=denom > 0)
+        new /= new.sum()
+        if np.abs(new - p).max() < tol:
+            p = new
+            break
+        p = new
+    return p.tolist()
+
+
+def arena_hard_score(battles: list[float], *, rounds: int = 100, seed: int = 42) -> dict:
+    """The model's Arena-Hard score (%) against the baseline from its battle results (1 win,
+    0.5 tie, 0 loss; decisive verdicts already repeated): the Bradley-Terry predicted win rate,
+    and the 2.5/97.5 percentiles over `rounds` bootstrap resamples of the battles."""
+    import numpy as np
+
+    if not battles:
+        return {"arena_hard_score": None, "arena_hard_ci95": None, "arena_hard_battles": 0}
+
+    def win_rate(results) -> float:
+        strength = bradley_terry([(0, 1, float(r)) for r in results], 2)
+        return 100.0 * strength[0] / (strength[0] + strength[1])
+
+    rng = np.random.default_rng(seed)
+    results = np.asarray(battles, dtype=float)
+    boots = [win_rate(rng.choice(results, size=len(results))) for _ in range(rounds)]
+    return {
+        "arena_hard_score": round(win_rate(results), 2),
+        "arena_hard_ci95": [round(float(np.percentile(boots, q)), 2) for q in (2.5, 97.5)],
+        "arena_hard_battles": len(battles),
     }
 
 

@@ -35,6 +35,7 @@ def _update_results(out: Path, cfg: EvalConfig, suite: str, result: dict[str, An
         }
     )
     data.setdefault("suites", {})[suite] = result
+    data["skipped"] = {s: why for s, why in cfg.skipped.items() if s not in data["suites"]}
     write_json_atomic(path, data)  # a kill never leaves half a file
 
 
@@ -60,6 +61,8 @@ def run_eval(cfg: EvalConfig, *, log=print) -> dict[str, Any]:
     gen = replace(cfg.generate, model=model)
     gen.template = resolve_template(gen.template, model)
     cfg.generate = gen  # eval.json records the template actually used
+    for suite, why in cfg.skipped.items():
+        log(f"nif eval: {suite} skipped: {why}")
     for suite in cfg.suites:
         start = time.perf_counter()
         if suite == "ifeval":
@@ -112,27 +115,55 @@ def _lm_eval(cfg: EvalConfig, gen: GenerateConfig, model: str, tasks) -> dict[st
 def _oll(cfg: EvalConfig, gen: GenerateConfig, model: str) -> dict[str, Any]:
     from nif_lightning.evaluation.lm_eval_suite import OLL_TASKS
 
-    return _lm_eval(cfg, gen, model, OLL_TASKS)
+    result = _lm_eval(cfg, gen, model, OLL_TASKS)
+    if cfg.include_path is not None:
+        result["include_path"] = cfg.include_path
+    if cfg.include_path == "demo":
+        result["note"] = "the shipped demo stand-ins: made-up documents, not leaderboard scores"
+    return result
 
 
 def _judge(cfg: EvalConfig, gen: GenerateConfig, out: Path) -> dict[str, Any]:
     from nif_lightning.evaluation.answers import generate_answers
-    from nif_lightning.evaluation.judge import grade_single, load_answers, load_questions, pairwise
+    from nif_lightning.evaluation.judge import (
+        grade_single,
+        load_answers,
+        load_judge_prompts,
+        load_questions,
+        load_reference_answers,
+        pairwise,
+    )
 
     questions = load_questions(cfg.questions)
+    prompts = load_judge_prompts(cfg.judge_prompts) if cfg.judge_prompts else None
+    refs = load_reference_answers(cfg.reference_answers)
     answers = generate_answers(
         gen, [(str(q["question_id"]), q["turns"]) for q in questions], out / "answers.jsonl"
     )
     result: dict[str, Any] = {
         "questions": cfg.questions,
         "judge": cfg.judge.model,
-        "single": grade_single(cfg.judge, questions, answers, out / "verdicts.jsonl"),
+        "judge_prompts": cfg.judge_prompts,
+        "single": grade_single(
+            cfg.judge,
+            questions,
+            answers,
+            out / "verdicts.jsonl",
+            prompts=prompts,
+            references=refs,
+        ),
         "pairwise": None,
     }
     if cfg.baseline_answers:
         baseline = load_answers(cfg.baseline_answers)
         result["pairwise"] = pairwise(
-            cfg.judge, questions, answers, baseline, out / "pairwise.jsonl"
+            cfg.judge,
+            questions,
+            answers,
+            baseline,
+            out / "pairwise.jsonl",
+            prompts=prompts,
+            references=refs,
         )
         result["pairwise"]["baseline"] = cfg.baseline_answers
     return result

@@ -232,3 +232,21 @@ def test_base_plus_adapter_is_merged_once(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr(nif_lightning.merge, "merge_adapter", no_merge)
     assert main(argv) == 0
+
+
+def test_help_usage_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    usage = text.split("\n\n", 1)[0]
+    assert usage == (
+        "usage: nif eval MODEL_DIR [--suite SUITE ...] [options]\n"
+        "       nif eval compare RUN_DIR [RUN_DIR ...] [--out OUT]"
+    )
+    assert str(DATA_DIR) not in text  # the shipped files by name
+    assert "(default: the shipped mt_questions.jsonl)" in " ".join(text.split())
+    flat = " ".join(text.split())
+    assert "(default: none: no judge; `--suite judge` needs one)" in flat
+    assert "(default: ours, a careful impartial judge; with `--judge-prompts` each" in flat
+    assert "(default: original)" not in flat  # the teacher's default cannot judge
+    assert "not comparable with published MT-Bench numbers unless --judge-prompts" in flat
