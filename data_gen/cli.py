@@ -67,14 +67,16 @@ text, so that LLaMA-Factory's `empty` template (0.9.5: the raw text, no EOS of i
 exactly the token sequences `nif train` builds: tok(prompt) + tok(completion) + [eos]. Train it
 with `template: empty` (the paper's `vanilla` is gone from LLaMA-Factory; `default` adds
 "Human: " / "Assistant:" text). Rows longer than LLaMA-Factory's cutoff_len are cut by its own
-rule, which differs from the paper's.
+rule, which differs from the paper's: `--cutoff-len N` cuts them here, the way `nif train` does.
 
 example:
-  nif export llamafactory runs/data runs/lf-data --name nif_owt --tokenizer meta-llama/Llama-2-7b-hf
+  nif export llamafactory runs/data runs/lf-data --name nif_owt \\
+      --tokenizer meta-llama/Llama-2-7b-hf --cutoff-len 1024
   # then, in the LLaMA-Factory training YAML:
   #   dataset: nif_owt
   #   dataset_dir: runs/lf-data
-  #   template: empty"""
+  #   template: empty
+  #   cutoff_len: 1024"""
 
 
 def register(subparsers) -> None:
@@ -124,6 +126,14 @@ def register(subparsers) -> None:
         metavar="TEXT",
         help="the EOS text itself, e.g. '</s>' or '<|end_of_text|>'; '' for none, only for a "
         "template that appends its own (default: the --tokenizer's)",
+    )
+    exp.add_argument(
+        "--cutoff-len",
+        type=int,
+        metavar="N",
+        help="with --tokenizer: cut rows longer than N tokens as `nif train --data.cutoff-len N` "
+        "does, so LLaMA-Factory (cutoff_len >= N) trains the same sequences (default: none, "
+        "LLaMA-Factory cuts them its own way)",
     )
     exp.set_defaults(func=_export)
 
@@ -233,7 +243,12 @@ def _export(args: argparse.Namespace) -> int:
 
     try:
         path = export_llamafactory(
-            args.src, args.out, name=args.name, tokenizer=args.tokenizer, eos_token=args.eos_token
+            args.src,
+            args.out,
+            name=args.name,
+            tokenizer=args.tokenizer,
+            eos_token=args.eos_token,
+            cutoff_len=args.cutoff_len,
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"nif export: {err}", file=sys.stderr)
@@ -242,4 +257,13 @@ def _export(args: argparse.Namespace) -> int:
         f"nif export: {path} (+ dataset_info.json entry {args.name!r}); "
         "train it with LLaMA-Factory's `template: empty`"
     )
+    if args.cutoff_len is not None:
+        import json
+
+        made = json.loads((path.parent / "dataset_info.json").read_text())[args.name]["nif"]
+        print(
+            f"nif export: {made['rows_cut']} row(s) cut to {args.cutoff_len} tokens as `nif "
+            f"train` cuts them; {made['rows_cut_inexactly']} could not be cut exactly in text "
+            "(left whole: LLaMA-Factory cuts those its own way)"
+        )
     return 0

@@ -18,10 +18,14 @@ by row, that the tokenizer reads `completion + EOS text` back as tok(completion)
 tokenizer, `--eos-token TEXT` names the EOS text itself (`--eos-token ''`: none, for a template
 that appends its own).
 
-Truncation: rows within LLaMA-Factory's `cutoff_len` are identical to ours. Longer rows are cut
-by LLaMA-Factory 0.9.5's `infer_seqlen`, which shares the budget between prompt and completion
-differently from the paper's 0.5.2 rule that `nif train` keeps, so those few rows differ in where
-they are cut.
+Truncation: rows within LLaMA-Factory's `cutoff_len` are identical to ours. Longer rows would
+be cut by LLaMA-Factory 0.9.5's `infer_seqlen`, which shares the budget between prompt and
+completion differently from the paper's 0.5.2 rule that `nif train` keeps. With `--cutoff-len N`
+(and `--tokenizer`) the export cuts such rows itself, by our rule (`split_budget`, the same as
+`nif_lightning.packing.split_budget`), into text that tokenizes back to exactly the kept tokens;
+trained with LLaMA-Factory's `cutoff_len` >= N, every row is then the sequence `nif train`
+builds with `cutoff_len` N. A cut that does not read back exactly (inside a character, or a
+merge across the cut) is left to LLaMA-Factory and counted in the entry's `nif` key.
 
 Files are written atomically (`store`), so the folder never holds a half-written file.
 """
@@ -47,15 +51,23 @@ def export_llamafactory(
     name: str = "nif",
     tokenizer: str | None = None,
     eos_token: str | None = None,
+    cutoff_len: int | None = None,
 ) -> Path:
     """Write `OUT/<name>.json` (alpaca records, each output ending with the EOS text) and add
-    `<name>` to `OUT/dataset_info.json`; train it with LLaMA-Factory's `template: empty`."""
+    `<name>` to `OUT/dataset_info.json`; train it with LLaMA-Factory's `template: empty`.
+    `cutoff_len` (needs `tokenizer`) cuts longer rows the way `nif train` does."""
     src, out = Path(src), Path(out)
     check_dataset_dir(src, what="DIR")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"`--name` must be letters, digits, '_', '.' or '-', got {name!r}")
     if tokenizer is not None and eos_token is not None:
         raise ValueError("give `--tokenizer` or `--eos-token`, not both")
+    if cutoff_len is not None and (tokenizer is None or cutoff_len < 2):
+        raise ValueError(
+            "`--cutoff-len` needs `--tokenizer`"
+            if tokenizer is None
+            else f"`--cutoff-len` must be >= 2, got {cutoff_len}"
+        )
     if tokenizer is None and eos_token is None:
         raise ValueError(
             "the export must end each output with the model's EOS (LLaMA-Factory's `empty` "
@@ -63,14 +75,22 @@ def export_llamafactory(
             "id) or its EOS text with `--eos-token` (e.g. '</s>')"
         )
     rows = read_rows(src)
+    cut = {"cut_to": cutoff_len, "rows_cut": 0, "rows_cut_inexactly": 0}
+    tok = None
     if tokenizer is not None:
-        eos_token = eos_text_of(tokenizer, [row["completion"] for row in rows])
+        tok = load_tokenizer(tokenizer)
+        eos_token = eos_text_of(tok, tokenizer, [row["completion"] for row in rows])
         if Path(tokenizer).exists():  # recorded so that it reads the same from anywhere
             tokenizer = str(Path(tokenizer).resolve())
-    records = [
-        {"instruction": row["prompt"], "input": "", "output": row["completion"] + eos_token}
-        for row in rows
-    ]
+    records = []
+    for row in rows:
+        prompt, output = row["prompt"], row["completion"] + eos_token
+        cut_row = (
+            None if cutoff_len is None else _cut(tok, prompt, row["completion"], cutoff_len, cut)
+        )
+        if cut_row is not None:  # a cut output keeps what is left of the EOS (none if cut off)
+            prompt, output = cut_row
+        records.append({"instruction": prompt, "input": "", "output": output})
     out.mkdir(parents=True, exist_ok=True)
     data_file = out / f"{name}.json"
     write_json_atomic(data_file, records, indent=None)
@@ -78,6 +98,8 @@ def export_llamafactory(
     info_path = out / "dataset_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     info[name] = dataset_info_entry(data_file.name, eos_token, tokenizer)
+    if cutoff_len is not None:
+        info[name]["nif"].update(cut)
     write_json_atomic(info_path, info)
     return data_file
 
@@ -102,16 +124,21 @@ def dataset_info_entry(file_name: str, eos_token: str, tokenizer: str | None) ->
     }
 
 
-def eos_text_of(tokenizer: str, completions: list[str]) -> str:
-    """The EOS text of `tokenizer`, after checking that every completion followed by it
-    tokenizes as the completion's tokens plus the EOS id (what `nif train` trains on)."""
+def load_tokenizer(tokenizer: str):
+    """`AutoTokenizer.from_pretrained(tokenizer)`, or a one-line error naming it."""
     try:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(tokenizer)
+        return AutoTokenizer.from_pretrained(tokenizer)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"`--tokenizer` {tokenizer}: cannot load it ({first})") from None
+
+
+def eos_text_of(tok, tokenizer: str, completions: list[str]) -> str:
+    """The EOS text of `tok` (loaded from `tokenizer`), after checking that every completion
+    followed by it tokenizes as the completion's tokens plus the EOS id (what `nif train`
+    trains on)."""
     if tok.eos_token is None or tok.eos_token_id is None:
         raise ValueError(f"`--tokenizer` {tokenizer} has no EOS token; name one with --eos-token")
     eos, eos_id = tok.eos_token, tok.eos_token_id
@@ -127,3 +154,37 @@ def eos_text_of(tokenizer: str, completions: list[str]) -> str:
                     "this tokenizer cannot carry the EOS in the text"
                 )
     return eos
+
+
+def split_budget(prompt_len: int, response_len: int, cutoff_len: int) -> tuple[int, int]:
+    """Token budgets (prompt, response) of an example longer than `cutoff_len`, shared in
+    proportion to the two lengths, each at least 1: the rule of `nif train` (the paper's
+    LLaMA-Factory 0.5.2), kept equal to `nif_lightning.packing.split_budget` by a test (data_gen
+    does not import nif_lightning)."""
+    if prompt_len + response_len <= cutoff_len:
+        return prompt_len, response_len
+    response_max = int(cutoff_len * response_len / (prompt_len + response_len))
+    response_max = min(max(response_max, 1), cutoff_len - 1)
+    return cutoff_len - min(response_max, response_len), response_max
+
+
+def _cut(tok, prompt: str, completion: str, cutoff_len: int, counts: dict):
+    """(prompt, output) texts cut as `nif train` cuts the tokens tok(prompt) + tok(completion)
+    + [eos] to `cutoff_len`, each tokenizing back to exactly its kept tokens; None when the row
+    fits, or when a cut text does not read back exactly (left to LLaMA-Factory, counted)."""
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    r_ids = [*tok(completion, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+    if len(p_ids) + len(r_ids) <= cutoff_len:
+        return None
+    p_max, r_max = split_budget(len(p_ids), len(r_ids), cutoff_len)
+    kept_p, kept_r = p_ids[:p_max], r_ids[:r_max]
+    texts = [
+        tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        for ids in (kept_p, kept_r)
+    ]
+    again = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    if again != [kept_p, kept_r]:
+        counts["rows_cut_inexactly"] += 1
+        return None
+    counts["rows_cut"] += 1
+    return texts[0], texts[1]

@@ -14,8 +14,9 @@ skipped unless `llamafactory` imports; to run it:
 
 (with our newer transformers/peft installed, `DISABLE_VERSION_CHECK=1` skips LLaMA-Factory's own
 version gate; its data path works with them). Rows longer than `cutoff_len` are cut by
-LLaMA-Factory 0.9.5's rule (`infer_seqlen`), not the paper's 0.5.2 rule that we keep, so only the
-rows within the cutoff must be identical; the test prints how many of all are.
+LLaMA-Factory 0.9.5's rule (`infer_seqlen`), not the paper's 0.5.2 rule that we keep, so without
+`--cutoff-len` only the rows within the cutoff must be identical; with `--cutoff-len N` (the
+export cuts them our way) every row exactly cut must be. The test prints the counts.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import json
 
 import pytest
 
-from data_gen.export import export_llamafactory
+from data_gen.export import export_llamafactory, split_budget
 from data_gen.generate import GenConfig, generate
 from data_gen.shards import read_rows
 from nif_lightning.cli import main as nif
+from nif_lightning.packing import split_budget as train_split_budget
 from nif_lightning.packing import tokenize_vanilla
 
 ROWS = 64
@@ -73,6 +75,32 @@ def test_exported_rows_tokenized_as_the_empty_template_equal_ours(data, tiny, to
     assert entry["nif"]["tokenizer"] == str(tiny.resolve())
 
 
+@pytest.mark.parametrize("cutoff", [64, 128, 300])
+def test_a_cut_export_tokenizes_as_our_cut_examples(data, tiny, tok, tmp_path, cutoff):
+    out = tmp_path / "lf"
+    export_llamafactory(data, out, tokenizer=str(tiny), cutoff_len=cutoff)
+    records = json.loads((out / "nif.json").read_text())
+    made = json.loads((out / "dataset_info.json").read_text())["nif"]["nif"]
+    assert made["rows_cut"] > 0 and made["cut_to"] == cutoff
+    exact = 0
+    for record, row in zip(records, read_rows(data), strict=True):
+        source = tok.encode(record["instruction"], add_special_tokens=False)
+        target = tok.encode(record["output"], add_special_tokens=False)
+        ours = _ours(tok, row["prompt"], row["completion"], cutoff)
+        if source + target == ours.input_ids.tolist() and len(source) == ours.prompt_len:
+            exact += 1
+            assert len(source) + len(target) <= cutoff  # LLaMA-Factory cuts nothing more
+    print(f"cutoff {cutoff}: {exact}/{ROWS} identical, {made['rows_cut_inexactly']} left whole")
+    assert exact == ROWS - made["rows_cut_inexactly"] and exact >= ROWS - 4
+
+
+def test_the_exports_budget_rule_is_nif_trains():
+    for p in range(1, 60):
+        for r in range(1, 60):
+            for cutoff in (2, 3, 7, 16, 50, 64):
+                assert split_budget(p, r, cutoff) == train_split_budget(p, r, cutoff)
+
+
 def test_without_the_eos_the_empty_template_would_not_match(data, tok, tmp_path):
     # The check above can fail: a raw export (what 0.9.5's `empty` saw before) lacks the EOS.
     export_llamafactory(data, tmp_path / "raw", eos_token="")
@@ -91,6 +119,7 @@ def test_without_the_eos_the_empty_template_would_not_match(data, tok, tmp_path)
     ("extra", "message"),
     [
         ([], "--tokenizer"),
+        (["--eos-token", "</s>", "--cutoff-len", "64"], "`--cutoff-len` needs `--tokenizer`"),
         (["--tokenizer", "/nonexistent/tok"], "`--tokenizer` /nonexistent/tok: cannot load it"),
         (["--tokenizer", "t", "--eos-token", "</s>"], "not allowed with argument"),
     ],
@@ -142,11 +171,17 @@ def _llamafactory_samples(dataset_dir, tiny, cutoff: int, tmp_path):
     return list(module["train_dataset"])
 
 
+@pytest.mark.parametrize("cut_here", [False, True], ids=["lf-cuts", "export-cuts"])
 @pytest.mark.parametrize("cutoff", [1024, 128])
-def test_llamafactorys_own_preprocessing_equals_ours(data, tiny, tok, tmp_path, cutoff):
+def test_llamafactorys_own_preprocessing_equals_ours(data, tiny, tok, tmp_path, cutoff, cut_here):
     pytest.importorskip("llamafactory")
     out = tmp_path / "lf"
-    export_llamafactory(data, out, tokenizer=str(tiny))
+    export_llamafactory(data, out, tokenizer=str(tiny), cutoff_len=cutoff if cut_here else None)
+    inexact = 0
+    if cut_here:
+        inexact = json.loads((out / "dataset_info.json").read_text())["nif"]["nif"][
+            "rows_cut_inexactly"
+        ]
     samples = _llamafactory_samples(out, tiny, cutoff, tmp_path)
     rows = read_rows(data)
     assert len(samples) == len(rows) == ROWS
@@ -162,6 +197,11 @@ def test_llamafactorys_own_preprocessing_equals_ours(data, tiny, tok, tmp_path, 
         if len(full) <= cutoff:  # not truncated: must be identical, EOS included
             within += 1
             assert same, row["id"]
-    print(f"cutoff {cutoff}: {identical}/{ROWS} rows identical; all {within} within the cutoff")
+    print(
+        f"cutoff {cutoff}, {'export' if cut_here else 'LLaMA-Factory'} cuts: {identical}/{ROWS} "
+        f"rows identical; all {within} within the cutoff; {inexact} left whole by the export"
+    )
+    if cut_here:  # every row the export could cut exactly is ours, token for token
+        assert identical >= ROWS - inexact
     if cutoff == 1024:  # most builtin rows fit: the check is not vacuous
         assert within >= ROWS // 2
