@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from data_gen.llm.config import TeacherConfig
+from data_gen.sampling import default_workers
 from data_gen.schema import option, section
 
 # Options of `nif gen` that shape what it prints, not the data: left out of manifest.json.
@@ -43,6 +44,7 @@ OPERATIONAL = {
     "poll_seconds",
     "batch_wait",
     "repair",
+    "sample_workers",
 }
 
 
@@ -68,6 +70,9 @@ class GenConfig:
     """Latest cut, as a fraction of the word count."""
     min_words: int = 8
     """Shorter documents are skipped as too short."""
+    sample_workers: int = option(default_workers(), shown="one per core, at most 8")
+    """Processes reading the corpus while sampling (.jsonl ranges, files, `hf:` shards); the
+    sample is the same for any number."""
     shard_rows: int = 1000
     """Rows per shard."""
     flush_seconds: float = 30.0
@@ -93,6 +98,8 @@ class GenConfig:
                 "`--split-min` and `--split-max` must satisfy 0 < min <= max < 1, "
                 f"got {self.split_min} and {self.split_max}"
             )
+        if self.sample_workers < 1:
+            raise ValueError(f"`--sample-workers` must be >= 1, got {self.sample_workers}")
         if self.min_words < 2:
             raise ValueError(f"`--min-words` must be >= 2, got {self.min_words}")
         if self.shard_rows < 1:

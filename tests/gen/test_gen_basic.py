@@ -257,7 +257,7 @@ def test_a_resumed_run_reuses_its_sample_instead_of_reading_the_corpus(tmp_path,
     def no_reading(*args, **kwargs):
         raise AssertionError("the corpus was read again")
 
-    monkeypatch.setattr(gen, "iter_documents", no_reading)
+    monkeypatch.setattr(gen, "sample_corpus", no_reading)
     (tmp_path / "o" / "shards" / "part-00000.arrow").unlink()  # as if those rows were lost
     stats = generate(cfg, progress=False)
     assert stats.sampled == 12 and stats.new == 12 and len(read_rows(tmp_path / "o")) == 12
