@@ -26,6 +26,7 @@ harness's plain text, as for base models.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -134,9 +135,14 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (80 if url.scheme == "http" else 443)
+    return _connects(url.hostname, url.port or (80 if url.scheme == "http" else 443), timeout)
+
+
+@functools.lru_cache(maxsize=8)
+def _connects(host: str, port: int, timeout: float) -> bool:
+    # Once per process: the input checks and the run ask the same question.
     try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError:
         return False
     return True

@@ -122,3 +122,26 @@ def test_shipped_demo_tasks_run_the_leaderboard_path_offline(tiny, tmp_path, off
     assert oll["oll_average"] == round(sum(scores) / 6, 2)
     assert oll["tasks"]["gsm8k"]["metric"] == "exact_match,strict-match"
     assert "not leaderboard scores" in oll["note"]
+
+
+def test_hub_probe(monkeypatch):
+    import socket
+
+    from nif_lightning.evaluation.lm_eval_suite import _connects, hub_reachable
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub_reachable(timeout=2.0)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert not hub_reachable(timeout=2.0)  # offline mode wins over a reachable Hub
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")  # closed now
+    _connects.cache_clear()  # the probe is remembered for the process
+    assert not hub_reachable(timeout=2.0)
