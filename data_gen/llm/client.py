@@ -49,10 +49,11 @@ written into a base URL (`http://user:pass@host`, `?key=...`: `retry.redact_url`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -180,27 +181,48 @@ class _Gate:
     """At most `limit` requests in flight, adapted to the server (additive increase,
     multiplicative decrease): `timed_out` halves the limit, once per window (a timeout of a
     request let in before the last cut does not cut again); `answered` adds one after `limit`
-    answers in a row, up to `ceiling` (the configured concurrency)."""
+    answers in a row, up to `ceiling` (the configured concurrency). Waiters are let in first come,
+    first served; a slot is handed to a waiter when it frees (as `asyncio.Semaphore` does)."""
 
     def __init__(self, ceiling: int) -> None:
         self.ceiling = self.limit = self.lowest = ceiling
         self.in_flight = 0
         self.window = 0  # bumped by each cut
         self._streak = 0
-        self._free = asyncio.Condition()
+        self._waiters: deque[asyncio.Future] = deque()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[int]:
         """Wait for a free slot; yields the window the request was let in under."""
-        async with self._free:
-            await self._free.wait_for(lambda: self.in_flight < self.limit)
+        if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
+        else:
+            granted = asyncio.get_running_loop().create_future()
+            self._waiters.append(granted)
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._release()  # handed a slot, then cancelled: pass it on
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(granted)
+                raise
         try:
             yield self.window
         finally:
-            async with self._free:
-                self.in_flight -= 1
-                self._free.notify_all()
+            self._release()
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            granted = self._waiters.popleft()
+            if not granted.done():  # a cancelled waiter is skipped
+                self.in_flight += 1
+                granted.set_result(None)
 
     def timed_out(self, window: int) -> int | None:
         """A request let in under `window` timed out: the limit before the cut, or None when
@@ -217,8 +239,9 @@ class _Gate:
     def answered(self) -> None:
         self._streak += 1
         if self.limit < self.ceiling and self._streak >= self.limit:
-            self.limit += 1  # the freed slot's notify wakes the extra waiter
+            self.limit += 1
             self._streak = 0
+            self._grant()
 
 
 class _HttpTeacher(Teacher):

@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import time
+from collections import deque
 
 import pytest
 
@@ -221,6 +222,34 @@ def test_the_gate_halves_once_per_window_and_grows_back_by_one():
     assert gate.limit == 16 and gate.lowest == 4  # never above --concurrency
     one = _Gate(1)
     assert one.timed_out(0) is None and one.limit == 1
+
+
+def test_the_gate_never_lets_more_in_than_its_limit_and_survives_cancelled_waiters():
+    async def run():
+        gate, peak, order = _Gate(4), [0], []
+
+        async def request(i: int, hold: float):
+            async with gate.slot():
+                peak[0] = max(peak[0], gate.in_flight)
+                if i >= 4:  # let in after the cut to 2
+                    assert gate.in_flight <= 2
+                order.append(i)
+                await asyncio.sleep(hold)
+
+        first = [asyncio.create_task(request(i, 0.05)) for i in range(4)]
+        await asyncio.sleep(0)
+        assert gate.in_flight == 4
+        gate.timed_out(gate.window)  # 4 -> 2 while 4 are in flight: none let in until 2 free
+        waiting = [asyncio.create_task(request(i, 0.01)) for i in range(4, 10)]
+        await asyncio.sleep(0)
+        waiting[0].cancel()  # a cancelled waiter gives up its place, not a slot
+        await asyncio.gather(*first, *waiting[1:])
+        peak_after_cut = peak[0]
+        return gate, order, peak_after_cut
+
+    gate, order, peak = asyncio.run(run())
+    assert peak == 4 and gate.in_flight == 0 and gate._waiters == deque()
+    assert order == [0, 1, 2, 3, 5, 6, 7, 8, 9]  # first come, first served; 4 was cancelled
 
 
 def test_a_slow_one_at_a_time_server_lowers_the_concurrency_and_finishes(tmp_path, caplog):
