@@ -1,7 +1,8 @@
 """`nif eval compare RUN_DIR...`: every suite of several models in one table.
 
 The rows are models (e.g. base / lora / lora-base), the columns follow the paper: the template
-and MT-Bench score of Table 1, the Arena-Hard-style win rate of Table 5, the six Open LLM
+and MT-Bench score of Table 1, the Arena-Hard-style win rate of Table 5 and the Arena-Hard
+(Bradley-Terry) score of the same games, the six Open LLM
 Leaderboard tasks and their mean (Table 4 / 15), and IFEval. A suite a model was not run on
 shows "-", as the paper's tables do. The same figures go to JSON for plotting or diffing.
 """
@@ -18,6 +19,7 @@ from nif_lightning.evaluation.lm_eval_suite import OLL_TASKS
 _COLUMNS: list[tuple[str, tuple[str, ...], int]] = [
     ("MT-Bench", ("judge", "single", "score"), 2),
     ("WR %", ("judge", "pairwise", "win_rate"), 2),
+    ("AH %", ("judge", "pairwise", "arena_hard_score"), 2),
     *[(spec[2], ("oll", "tasks", task, "score"), 2) for task, spec in OLL_TASKS.items()],
     ("OLL", ("oll", "oll_average"), 2),
     ("IFEval strict", ("ifeval", "prompt_level_strict"), 2),

@@ -42,17 +42,22 @@ def _fixtures(tmp_path):
     lora = _run_dir(
         tmp_path,
         "lora",
-        {"judge": {"single": {"score": 5.125}, "pairwise": {"win_rate": 62.5}}},
+        {
+            "judge": {
+                "single": {"score": 5.125},
+                "pairwise": {"win_rate": 62.5, "arena_hard_score": 66.67},
+            }
+        },
         layout="nested",  # the `nif run` layout: RUN_DIR/eval/eval.json
     )
     return base, lora
 
 
 EXPECTED = """\
-| Model | Template | MT-Bench | WR % | ARC | HellaSwag | MMLU | TruthfulQA | Winogrande | GSM8K | OLL | IFEval strict | IFEval loose |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|
-| base | one_shot | 3.88 | - | 52.10 | 77.25 | 45.50 | 39.00 | 74.00 | 14.20 | 50.34 | 20.00 | 31.25 |
-| lora | one_shot | 5.12 | 62.50 | - | - | - | - | - | - | - | - | - |
+| Model | Template | MT-Bench | WR % | AH % | ARC | HellaSwag | MMLU | TruthfulQA | Winogrande | GSM8K | OLL | IFEval strict | IFEval loose |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| base | one_shot | 3.88 | - | - | 52.10 | 77.25 | 45.50 | 39.00 | 74.00 | 14.20 | 50.34 | 20.00 | 31.25 |
+| lora | one_shot | 5.12 | 62.50 | 66.67 | - | - | - | - | - | - | - | - | - |
 """  # noqa: E501
 
 
@@ -62,7 +67,7 @@ def test_table_from_fixed_inputs(tmp_path):
     assert table == EXPECTED
     assert (tmp_path / "cmp" / "compare.md").read_text() == EXPECTED
     data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert data["columns"][:4] == ["Model", "Template", "MT-Bench", "WR %"]
+    assert data["columns"][:5] == ["Model", "Template", "MT-Bench", "WR %", "AH %"]
     assert data["rows"][0]["ARC"] == 52.1 and data["rows"][1]["WR %"] == 62.5
     assert data["rows"][1]["OLL"] is None
 
