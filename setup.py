@@ -44,7 +44,16 @@ setup(
         "matplotlib>=3.7",  # the loss plot of the run report
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff==0.17.6",
+            # the LightningCLI and logger tests (tests/train/test_lightning_cli.py, test_loggers.py)
+            "jsonargparse[signatures]>=4.27.7",
+            "tensorboard>=2.9",
+        ],
+        # `LightningCLI(NifLoraModule, NifDataModule)`: Lightning's CLI needs jsonargparse.
+        "cli": ["jsonargparse[signatures]>=4.27.7"],
         "flash": ["flash-attn>=2.5"],
         # DeepSpeed builds against the installed torch: install it with
         # `DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed` (see README).

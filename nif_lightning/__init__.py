@@ -17,6 +17,7 @@ _EXPORTS = {
     "NifDataModule": "nif_lightning.data",
     "DataConfig": "nif_lightning.config",
     "AdapterExport": "nif_lightning.callbacks",
+    "AdapterMerge": "nif_lightning.callbacks",
     "LossScaleGuard": "nif_lightning.callbacks",
     "Throughput": "nif_lightning.callbacks",
     "TrainConfig": "nif_lightning.config",

@@ -236,9 +236,15 @@ class TrainerConfig(StrategyConfig):
     """Profile the run into OUT/profile/: "simple" times Lightning's hooks; "pytorch" records a
     few steps with the PyTorch profiler (a Chrome trace and an op table; our LoRA op shows as
     `nif::lora_*`)."""
+    logger: str | dict[str, Any] = "csv"
+    """Where metrics go besides OUT/logs/*/metrics.csv (always written: the report reads it):
+    `csv` (only that), `tensorboard` (OUT/logs), `wandb` (`WANDB_MODE=offline` works without a
+    network), `mlflow` (a local file store, OUT/mlruns), or any Lightning logger as a class
+    path (`lightning.pytorch.loggers.CometLogger`) or a mapping `{class_path, init_args}`."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_logger(self.logger)
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"`trainer.max_steps` must be -1 or > 0, got {self.max_steps}")
         if self.max_epochs < 1:
@@ -258,6 +264,29 @@ class TrainerConfig(StrategyConfig):
                 "`trainer.checkpoint_every_minutes` must be > 0, "
                 f"got {self.checkpoint_every_minutes}"
             )
+
+
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow")
+
+
+def _check_logger(logger: str | dict[str, Any]) -> None:
+    """`trainer.logger` is a known name, a dotted class path, or `{class_path, init_args}`."""
+    if isinstance(logger, str):
+        if logger in LOGGERS or ("." in logger.strip(".") and " " not in logger):
+            return
+        raise ValueError(
+            f"`trainer.logger` must be one of {', '.join(LOGGERS)} or a logger's class path "
+            f"(package.module.Class), got {logger!r}"
+        )
+    class_path = logger.get("class_path")
+    extra = sorted(set(logger) - {"class_path", "init_args"})
+    if not isinstance(class_path, str) or "." not in class_path or extra:
+        raise ValueError(
+            "`trainer.logger` as a mapping needs `class_path` (package.module.Class) and "
+            f"optionally `init_args` (a mapping), got {logger!r}"
+        )
+    if not isinstance(logger.get("init_args", {}), dict):
+        raise ValueError(f"`trainer.logger.init_args` must be a mapping, got {logger!r}")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -35,6 +36,9 @@ from nif_lightning.packing import (
     pack,
     tokenize_vanilla,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 _TOKENIZE_CHUNK = 2048
 
@@ -73,12 +77,31 @@ class _EpochBatches(torch.utils.data.IterableDataset):
 
 
 class NifDataModule(L.LightningDataModule):
-    def __init__(self, data_dir: str | Path, tokenizer_or_path, cfg: DataConfig | None = None):
+    """Packed (or padded) training and validation batches from a `nif gen` / `nif filter` folder.
+
+    Usable as is from Python, a lab's own Trainer or `LightningCLI(NifLoraModule,
+    NifDataModule)` (every argument below is a YAML key under `data:`).
+
+    Args:
+        data_dir: Dataset folder (`shards/*.arrow` with `id`, `prompt`, `completion`); checked
+            here, before any model loads.
+        tokenizer: The base model's Hub id or folder (its tokenizer is loaded in `setup`), or a
+            tokenizer object.
+        config: Cutoff length, batch size, packing, validation share and seed (its `dir` is not
+            read here: `data_dir` is the folder).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        tokenizer: str | Path | PreTrainedTokenizerBase,
+        config: DataConfig | None = None,
+    ) -> None:
         super().__init__()
-        self.cfg = cfg or DataConfig()
+        self.cfg = config or DataConfig()
         self.data_dir = Path(data_dir)
         check_dataset_dir(self.data_dir)  # a bad folder fails here, before any model loads
-        self._tokenizer_or_path = tokenizer_or_path
+        self._tokenizer_or_path = tokenizer
         self.train_examples: list[TokenizedExample] = []
         self.val_examples: list[TokenizedExample] = []
         self._pad_id = 0

@@ -14,6 +14,7 @@ replaced only by a whole new one.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -132,15 +133,25 @@ def merge_adapter(
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    _replace_dir(partial, out)
+    swap_in(partial, out)
     return out
 
 
-def _replace_dir(new: Path, dest: Path) -> None:
-    """`new` becomes `dest`; an existing `dest` is moved aside first and removed after."""
-    old = dest.with_name(f".old-{dest.name}")
+def swap_in(partial: Path, path: Path) -> None:
+    """`partial` (written completely beside `path`) becomes `path`: a file atomically
+    (`os.replace`); a folder with two renames, the old one moved aside first and removed after.
+
+    The one place where a whole output (merged model, adapter, checkpoint) replaces the previous
+    one: a kill at any point leaves either the old output or the new one under `path`, or, only
+    between the two renames of a folder, the old one under `.old-<name>`.
+    """
+    partial, path = Path(partial), Path(path)
+    if not partial.is_dir():
+        os.replace(partial, path)
+        return
+    old = path.with_name(f".old-{path.name}")
     shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    new.rename(dest)
+    if path.exists():
+        path.rename(old)
+    partial.rename(path)
     shutil.rmtree(old, ignore_errors=True)

@@ -24,7 +24,7 @@ import math
 import lightning as L
 import torch
 
-from nif_lightning.config import LoraConfig, OptimConfig
+from nif_lightning.config import Dtype, LoraConfig, OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,22 @@ def _triton_usable() -> bool:
 
 
 class NifLoraModule(L.LightningModule):
-    """HF causal LM (hub id or local path) + LoRA; see the module docstring for the batch."""
+    """A Hugging Face causal LM with LoRA adapters (PEFT); see the module docstring for the batch.
+
+    Usable as is from Python, a lab's own Trainer or `LightningCLI(NifLoraModule,
+    NifDataModule)` (every argument below is a YAML key under `model:`).
+
+    Args:
+        model_name_or_path: Hub id or local folder of the base model (a causal LM).
+        lora: LoRA rank, alpha, dropout and target modules (default: the paper's r 8, alpha 16,
+            every linear layer but lm_head).
+        optim: AdamW learning rate, weight decay and warmup share (cosine decay to zero).
+        dtype: Dtype of the frozen backbone weights; the LoRA params stay fp32.
+        fused_lora: Use the fused LoRA kernels where they apply.
+        packed_attention: Exact block-diagonal attention over packed batches.
+        gradient_checkpointing: Recompute each decoder layer in backward (saves activations).
+        seed: Seed of the LoRA initialisation (the same adapter under ZeRO-2 and ZeRO-3).
+    """
 
     def __init__(
         self,
@@ -54,7 +69,7 @@ class NifLoraModule(L.LightningModule):
         lora: LoraConfig | None = None,
         optim: OptimConfig | None = None,
         *,
-        dtype: str = "float32",
+        dtype: Dtype = "float32",
         fused_lora: bool = True,
         packed_attention: bool = True,
         gradient_checkpointing: bool = False,

@@ -1,5 +1,5 @@
-"""One `nif train` run: plan its memory, build data, module, strategy and callbacks; fit; export;
-merge.
+"""One `nif train` run: plan its memory, build data, module, strategy, loggers and callbacks; fit.
+Export and merge are callbacks (`AdapterExport`, `AdapterMerge`), as in a lab's own Trainer.
 
 On CUDA the run is planned first (`memory.plan_memory`, what `nif plan` prints) for this
 machine's GPU: the plan is printed, `model.gradient_checkpointing: auto` becomes what the plan
@@ -7,8 +7,9 @@ needs, and a plan that does not fit is refused (with the knobs that would make i
 forced: an out-of-memory error an hour into loading a 70B model is the failure this prevents.
 
 Layout of OUT: `adapter/` (PEFT), `merged/` (safetensors + tokenizer), `checkpoints/` (Lightning,
-LoRA params only, `last.ckpt` for `--resume`: a file, or a folder under DeepSpeed), `logs/`,
-and with `trainer.profiler` set, `profile/` (an op table; with "pytorch" also a Chrome trace).
+LoRA params only, `last.ckpt` for `--resume`: a file, or a folder under DeepSpeed), `logs/` (CSV
+metrics), with `trainer.logger` set also `tensorboard/`, `wandb/` or `mlruns/`, and with
+`trainer.profiler` set, `profile/` (an op table; with "pytorch" also a Chrome trace).
 
 One run per OUT: rank 0 holds an exclusive lock on `OUT/.train.lock` for the whole run (fit and
 merge), and a folder that already holds checkpoints is refused unless the run resumes from them
@@ -27,6 +28,7 @@ import socket
 import sys
 from pathlib import Path
 
+from data_gen.schema import ConfigError
 from data_gen.store import FolderError
 from nif_lightning.config import TrainConfig
 from nif_lightning.memory import PlanError  # memory.py imports torch only inside functions
@@ -213,12 +215,73 @@ def build_profiler(kind: str, out: Path):
     return profiler
 
 
+_LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def build_loggers(setting: str | dict, out: Path) -> list:
+    """`trainer.logger` as Lightning loggers: always the CSV one (OUT/logs/version_N/metrics.csv,
+    which the report reads), then the chosen one. A logger that cannot be built (its package
+    missing, a wrong class path or init argument) is a `ConfigError` naming `trainer.logger`,
+    raised before the model is loaded."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [CSVLogger(out, name="logs")]
+    if setting == "csv":
+        return loggers
+    name = setting if isinstance(setting, str) else str(setting.get("class_path"))
+    try:
+        loggers.append(_chosen_logger(setting, out))
+    except ImportError as err:
+        package = _LOGGER_PACKAGES.get(name)
+        hint = f" (pip install {package})" if package else ""
+        problem = f"`trainer.logger: {name}` cannot be used{hint}: {err}"
+        raise ConfigError([problem], "") from None
+    except (AttributeError, TypeError, ValueError) as err:
+        raise ConfigError([f"`trainer.logger: {name}` cannot be built: {err}"], "") from None
+    return loggers
+
+
+def _chosen_logger(setting: str | dict, out: Path):
+    from lightning.pytorch import loggers
+
+    out = out.absolute()
+    if setting == "tensorboard":
+        # Lightning raises ModuleNotFoundError when neither tensorboard nor tensorboardX is there.
+        return loggers.TensorBoardLogger(out, name="tensorboard")
+    if setting == "wandb":
+        import wandb  # noqa: F401 - a clear ImportError here, not deep in Lightning
+
+        # wandb reads WANDB_MODE itself: `offline` writes OUT/wandb/ with no network.
+        return loggers.WandbLogger(save_dir=str(out), project="nif-lightning", name=out.name)
+    if setting == "mlflow":
+        import mlflow  # noqa: F401
+
+        return loggers.MLFlowLogger(
+            experiment_name="nif-lightning",
+            run_name=out.name,
+            tracking_uri=(out / "mlruns").as_uri(),  # a local file store
+        )
+    import importlib
+
+    if isinstance(setting, str):
+        class_path, init_args = setting, {}
+    else:
+        class_path, init_args = setting["class_path"], setting.get("init_args") or {}
+    module_name, _, class_name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)(**init_args)
+
+
 def build_trainer(cfg: TrainConfig, out: Path):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
-    from nif_lightning.callbacks import AdapterExport, LastCheckpoint, LossScaleGuard, Throughput
+    from nif_lightning.callbacks import (
+        AdapterExport,
+        AdapterMerge,
+        LastCheckpoint,
+        LossScaleGuard,
+        Throughput,
+    )
     from nif_lightning.strategy import build_strategy
 
     t = cfg.trainer
@@ -238,7 +301,7 @@ def build_trainer(cfg: TrainConfig, out: Path):
         gradient_clip_val=t.gradient_clip_val,
         default_root_dir=out,
         profiler=build_profiler(t.profiler, out),
-        logger=CSVLogger(out, name="logs"),
+        logger=build_loggers(t.logger, out),
         callbacks=[
             # The best by validation loss; `last.ckpt` is LastCheckpoint's, on its own schedule.
             ModelCheckpoint(out / "checkpoints", save_top_k=1, monitor="val/loss"),
@@ -248,6 +311,7 @@ def build_trainer(cfg: TrainConfig, out: Path):
                 every_minutes=t.checkpoint_every_minutes,
             ),
             AdapterExport(out / "adapter"),
+            AdapterMerge(out / "merged"),  # rank 0, once fit is over (not after SIGTERM)
             LossScaleGuard(),
             Throughput(),
         ],
@@ -283,7 +347,6 @@ def _train(cfg: TrainConfig, out: Path, ckpt: Path | None, force, checkpointing)
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from nif_lightning.data import NifDataModule
-    from nif_lightning.merge import merge_adapter
     from nif_lightning.module import NifLoraModule
 
     out.mkdir(parents=True, exist_ok=True)
@@ -323,6 +386,4 @@ def _train(cfg: TrainConfig, out: Path, ckpt: Path | None, force, checkpointing)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    if trainer.is_global_zero:
-        merge_adapter(cfg.model.path, out / "adapter", out / "merged")
     return out
