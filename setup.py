@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="nif-lightning",
@@ -16,7 +16,11 @@ setup(
     python_requires=">=3.10",
     # `kernels/` ships as `nif_lightning.kernels` (nif_lightning/kernels is a link to it): the
     # top-level import name `kernels` is Hugging Face's, which transformers probes.
-    packages=find_packages(include=["nif_lightning*", "data_gen*"]),
+    # Namespace packages, so the data folders (configs, model_shapes, evaluation/data) are packages
+    # too: otherwise setuptools warns on every install about data outside declared packages.
+    packages=find_namespace_packages(
+        include=["nif_lightning*", "data_gen*"], exclude=["*.__pycache__"]
+    ),
     include_package_data=True,
     package_data={
         # lm-eval-demo: stand-in leaderboard tasks (YAML, loader, documents), `--include-path demo`

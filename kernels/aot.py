@@ -192,7 +192,12 @@ def _expand(kernel, args, kwargs):
     from triton.runtime.autotuner import Autotuner, Heuristics
 
     if isinstance(kernel, Autotuner):
-        for cfg in kernel.configs:
+        configs = kernel.configs
+        if kernel.early_config_prune:  # as Autotuner.prune_configs does at launch
+            configs = kernel.early_config_prune(
+                configs, dict(zip(kernel.arg_names, args, strict=False)), **kwargs
+            )
+        for cfg in configs:
             kw = {**kwargs, **cfg.all_kwargs()}
             label = ",".join(f"{k}={v}" for k, v in cfg.kwargs.items())
             label += f",warps={cfg.num_warps},stages={cfg.num_stages}"

@@ -7,7 +7,9 @@ Paths (`backend`):
 - "cublas" (the default on every CUDA GPU): x W^T and dY W stay on cuBLAS (torch.matmul); Triton
   does the memory-bound LoRA side (dropout + x A^T in one kernel, dS/dB in one pass over dY, dA)
   and adds the LoRA terms into the cuBLAS outputs in place (`addmm_`, or a masked add kernel
-  with dropout). "sm70" is its former name, still accepted.
+  with dropout). On sm_7x, where Triton's dots are FMA, a LoRA-side kernel hands its dots to
+  cuBLAS at the ranks where that is faster on paper (`triton_lora.cublas_beats_fma`: r >= 32).
+  "sm70" is its former name, still accepted.
 - "fused" (opt-in): one autotuned Triton GEMM with the LoRA term in its epilogue for y and dX.
   It replaces cuBLAS for ~98% of the FLOPs, so it becomes a default on an arch only from measured
   rows (see `pick_backend`).
@@ -79,7 +81,10 @@ def _lora_fwd(
     """x (M, K) -> (y (M, N), T (M, r) = dropout(x) A^T, saved for backward)."""
     from . import triton_lora as tk
 
-    t = tk.down(x, lora_a, seed, dropout_p)
+    if tk.cublas_beats_fma("down", lora_a.shape[0], dropout_p, x.device):
+        t = x @ lora_a.t()
+    else:
+        t = tk.down(x, lora_a, seed, dropout_p)
     if backend == "fused":
         y = torch.empty((x.shape[0], weight.shape[0]), device=x.device, dtype=x.dtype)
         tk.gemm_lora(x, weight, bias, t, lora_b, scaling, y)
@@ -112,7 +117,12 @@ def _lora_bwd(
     from . import triton_lora as tk
 
     dy = dy.contiguous()
-    ds, db = tk.ds_db(dy, lora_b, t, scaling)  # one pass over dY
+    r = lora_a.shape[0]
+    if tk.cublas_beats_fma("ds_db", r, dropout_p, dy.device):  # sm_7x, r >= 32: two cuBLAS reads
+        ds = (dy @ lora_b).mul_(scaling)
+        db = (dy.t() @ t).float().mul_(scaling)
+    else:
+        ds, db = tk.ds_db(dy, lora_b, t, scaling)  # one pass over dY
     if backend == "fused":
         dx = torch.empty_like(x)
         tk.gemm_lora(
@@ -135,7 +145,10 @@ def _lora_bwd(
             )
         else:
             dx.addmm_(ds, lora_a)
-    da = tk.da(ds, x, seed, dropout_p)
+    if tk.cublas_beats_fma("da", r, dropout_p, x.device):
+        da = (ds.t() @ x).float()
+    else:
+        da = tk.da(ds, x, seed, dropout_p)
     return dx, da, db
 
 

@@ -169,7 +169,26 @@ def _gemm_lora(
     pid_n = (pid % (GROUP_M * num_n)) // size_m
     rm = _span(pid_m * BM, BM)
     rn = _span(pid_n * BN, BN)
+    # The LoRA term first: (BM, r) x (r, BN) in rank chunks of BR (r is the reduction dim here),
+    # scaled and masked, then the main loop accumulates onto it, so one (BM, BN) fp32 tile is live
+    # in registers (computing it after the loop kept two and spilled 8-22 KB at 128x128 and up).
     acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for r0 in range(0, R, BR):
+        rr = r0 + tl.arange(0, BR)
+        lt = tl.load(
+            l_ptr + rm[:, None] * slm + rr[None, :] * slr,
+            mask=(rm[:, None] < M) & (rr[None, :] < R),
+            other=0.0,
+        )
+        rt = tl.load(
+            r_ptr + rn[None, :] * srn + rr[:, None] * srr,
+            mask=(rn[None, :] < N) & (rr[:, None] < R),
+            other=0.0,
+        )
+        acc += tl.dot(lt, rt, input_precision=DOT_PRECISION)
+    acc = acc * scaling
+    if MASK_LORA:
+        acc = tl.where(_keep(seed, rm, rn, N, drop_p), acc * inv_keep, 0.0)
     if HAS_BASE:
         for k0 in range(0, K, BK):
             rk = _span(k0, BK)
@@ -184,25 +203,6 @@ def _gemm_lora(
                 other=0.0,
             )
             acc += tl.dot(pt, qt, input_precision=DOT_PRECISION)
-    # The LoRA term: (BM, r) x (r, BN) in rank chunks of BR (r is the reduction dim here).
-    lora = tl.zeros((BM, BN), dtype=tl.float32)
-    for r0 in range(0, R, BR):
-        rr = r0 + tl.arange(0, BR)
-        lt = tl.load(
-            l_ptr + rm[:, None] * slm + rr[None, :] * slr,
-            mask=(rm[:, None] < M) & (rr[None, :] < R),
-            other=0.0,
-        )
-        rt = tl.load(
-            r_ptr + rn[None, :] * srn + rr[:, None] * srr,
-            mask=(rn[None, :] < N) & (rr[:, None] < R),
-            other=0.0,
-        )
-        lora += tl.dot(lt, rt, input_precision=DOT_PRECISION)
-    lora = lora * scaling
-    if MASK_LORA:
-        lora = tl.where(_keep(seed, rm, rn, N, drop_p), lora * inv_keep, 0.0)
-    acc += lora
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rn * sbias, mask=rn < N, other=0.0)
         acc += bias.to(tl.float32)[None, :]
@@ -213,35 +213,50 @@ def _gemm_lora(
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=out_mask)
 
 
+# Autotune space of the fused GEMM, (BM, BN, BK, warps, stages, fits the dropout mask), kept to the
+# configs that `nif kernels check` compiles without spills at r <= 64 on sm_80 and sm_90 (fp16,
+# bf16, r = 8/16/64). Dropped there: 128x128 on 4 warps (36 B at r=8, 64 B at BK 64), 128x256x64,
+# 256x128x64, 256x64 and 64x256 (8-212 B at r=64 on sm_80). The last column: with the dropout
+# mask in the epilogue (dX with p > 0) the Philox draw for the whole tile is live too, and only
+# these fit (128x256x32 spilled 5.8 KB, 64x128x64 16 B; sm_80 and sm_90 at r = 16, 64).
+_GEMM_TILES = (
+    (128, 256, 32, 8, 4, False),
+    (128, 128, 64, 8, 3, True),
+    (128, 64, 32, 4, 4, True),
+    (64, 128, 32, 4, 4, True),
+    (64, 128, 64, 4, 3, False),
+    (64, 64, 32, 4, 4, True),
+)
+
+
 def _gemm_configs(interpreting: bool) -> list[triton.Config]:
-    """Autotune space of the fused GEMM: 64/128/256 tiles, BK 32/64, 4/8 warps, 3/4 stages, all
-    GROUP_M=8. The interpreter does not benchmark: one small config there."""
-    if interpreting:
-        return [triton.Config({"BM": 32, "BN": 32, "BK": 32, "GROUP_M": 8}, num_warps=4)]
-    tiles = [  # (BM, BN, BK, warps, stages)
-        (128, 256, 64, 8, 3),
-        (256, 128, 64, 8, 3),
-        (128, 128, 64, 8, 3),
-        (128, 128, 64, 4, 4),
-        (128, 128, 32, 4, 4),
-        (128, 256, 32, 8, 4),
-        (256, 64, 32, 4, 4),
-        (64, 256, 32, 4, 4),
-        (128, 64, 32, 4, 4),
-        (64, 128, 32, 4, 4),
-        (64, 128, 64, 4, 3),
-        (64, 64, 32, 4, 4),
-    ]
-    return [
-        triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in tiles
-    ]
+    """Autotune space of the fused GEMM (`_GEMM_TILES`), all GROUP_M=8; a config's `fits_mask`
+    attribute says whether it may run with the dropout mask. The interpreter does not benchmark:
+    one small config there."""
+    tiles = [(32, 32, 32, 4, 1, True)] if interpreting else _GEMM_TILES
+    configs = []
+    for bm, bn, bk, warps, stages, fits_mask in tiles:
+        cfg = triton.Config(
+            {"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=warps, num_stages=stages
+        )
+        cfg.fits_mask = fits_mask
+        configs.append(cfg)
+    return configs
+
+
+def prune_gemm_configs(configs, named_args, **kwargs) -> list[triton.Config]:
+    """The autotuner's `early_config_prune`: with the dropout mask (MASK_LORA) only the configs
+    whose registers it fits in."""
+    if kwargs.get("MASK_LORA"):
+        return [c for c in configs if c.fits_mask]
+    return list(configs)
 
 
 GEMM_CONFIGS = _gemm_configs(interpreting=False)
 _gemm_lora_tuned = triton.autotune(
     configs=_gemm_configs(interpreting=os.environ.get("TRITON_INTERPRET", "0") == "1"),
-    key=["M", "N", "K"],
+    key=["M", "N", "K", "MASK_LORA"],
+    prune_configs_by={"early_config_prune": prune_gemm_configs},
 )(_gemm_lora)
 
 
@@ -428,6 +443,29 @@ def _fma_tiles(kernel: str, device: torch.device) -> dict:
     """FMA_TILES[kernel] where tl.dot is FMA (capability < 8.0), else {} (the common tiles)."""
     cap = _capability(device)
     return dict(FMA_TILES[kernel]) if cap is not None and cap < (8, 0) else {}
+
+
+# sm_7x: where cuBLAS (tensor cores) beats the FMA kernel on paper. Per element of the big operand
+# (x for `down` and `da`, dY for `ds_db`; fp16, 2 bytes), on a V100 (0.9 TB/s, 15.7 TF/s FMA):
+# each of the kernel's dots costs 2r FMA FLOPs, 2r / 15.7e12 s, against one cuBLAS read of the
+# operand, 2 / 0.9e12 s (tensor cores stay memory-bound to r ~ 139). FMA loses from r ~ 17.4:
+# r <= 16 stays in Triton (one pass over dY for both of `ds_db`'s dots), r >= 32 goes to cuBLAS,
+# at 1.0x the memory floor for `down`/`da` and 2.0x for `ds_db` (dY read twice), where FMA is at
+# 1.81-3.58x and 3.57-6.96x. With dropout, cuBLAS would need drop(x) written and read back (3x the
+# floor), so `down`/`da` keep the Triton kernel then (1.81x at r=32, 3.58x at r=64).
+V100_BYTES_PER_S = 0.9e12
+V100_FMA_PER_S = 15.7e12
+
+
+def cublas_beats_fma(kernel: str, r: int, dropout_p: float, device: torch.device) -> bool:
+    """On sm_7x, whether `kernel` ("down", "ds_db", "da") at rank r is faster, on paper, as
+    cuBLAS GEMMs than as its FMA Triton kernel (see above). False on sm_80+ and off CUDA."""
+    cap = _capability(device)
+    if cap is None or cap >= (8, 0):
+        return False
+    if kernel != "ds_db" and dropout_p > 0:
+        return False
+    return 2 * r / V100_FMA_PER_S > 2 / V100_BYTES_PER_S
 
 
 def _dropout_args(p: float) -> tuple[float, float]:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import sys
+from datetime import date
+from pathlib import Path
+
+from data_gen.store import folder_problem
 
 _DEFAULT_ARCHS = "70,80,90"
 
@@ -48,6 +53,12 @@ def register(subparsers) -> None:
         action="store_true",
         help="print the rows as a JSON list (default: off, a kernel x arch table)",
     )
+    check.add_argument(
+        "--save",
+        metavar="DIR",
+        help="also write the rows (kernels_check.json) and the table with the verdict "
+        "(kernels_check.md) into DIR, e.g. benchmarks/results (default: print only)",
+    )
     check.set_defaults(func=_check)
 
 
@@ -74,16 +85,23 @@ def _check(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"nif kernels check: {err}", file=sys.stderr)
         return 2
+    if args.save and (problem := folder_problem(args.save, what="--save")):
+        print(f"nif kernels check: {problem}", file=sys.stderr)
+        return 2
     report = aot.check(archs)
+    rows_json = json.dumps([row.to_json() for row in report.rows], indent=1)
+    summary = (
+        f"cell: registers / spill bytes / shared memory / MMA (worst over dtypes, ranks, "
+        f"dropouts); {report.compiles} compiles in {report.seconds:.0f} s, "
+        f"triton {report.triton_version}"
+    )
     if args.json:
-        print(json.dumps([row.to_json() for row in report.rows], indent=1))
+        print(rows_json)
     else:
         print(aot.table(report.rows, archs))
-        print(
-            f"\ncell: registers / spill bytes / shared memory / MMA (worst over dtypes, ranks, "
-            f"dropouts); {report.compiles} compiles in {report.seconds:.0f} s, "
-            f"triton {report.triton_version}"
-        )
+        print(f"\n{summary}")
+    if args.save:
+        _save(Path(args.save), report, archs, rows_json, summary)
     if report.failures:
         print(f"FAILED: {len(report.failures)} rule(s) broken:", file=sys.stderr)
         for line in report.failures:
@@ -91,3 +109,26 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     print("passed", file=sys.stderr)
     return 0
+
+
+def _save(folder: Path, report, archs, rows_json: str, summary: str) -> None:
+    """kernels_check.json (the rows) and kernels_check.md (table, verdict), written atomically."""
+    from data_gen.store import write_text_atomic
+    from nif_lightning.kernels import aot
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "kernels_check.json", rows_json + "\n")
+    verdict = (
+        "**Verdict: passed** (every launch compiles; shared memory within each arch's limit; no "
+        "spills at r <= 64; tensor-core MMA for the tl.dot kernels on sm_80+)."
+        if not report.failures
+        else f"**Verdict: {len(report.failures)} rule(s) broken:**\n\n"
+        + "\n".join(f"- {line}" for line in report.failures)
+    )
+    md = (
+        f"# `nif kernels check` ({date.today()}, triton {report.triton_version}, "
+        f"{platform.machine()} CPU, no GPU)\n\n"
+        f"Archs: {', '.join(f'sm_{a}' for a in archs)}; {summary}.\n\n"
+        f"{aot.table(report.rows, archs)}\n\n{verdict}\n"
+    )
+    write_text_atomic(folder / "kernels_check.md", md)

@@ -209,9 +209,54 @@ def test_fused_gemm_is_autotuned_with_one_config_under_the_interpreter():
     assert {c.kwargs["GROUP_M"] for c in tk.GEMM_CONFIGS} == {8}
 
 
+def test_dropout_mask_launches_only_the_configs_it_fits_in():
+    masked = tk.prune_gemm_configs(tk.GEMM_CONFIGS, {}, MASK_LORA=True)
+    assert 0 < len(masked) < len(tk.GEMM_CONFIGS) and all(c.fits_mask for c in masked)
+    # At most 64 fp32 accumulator elements per thread beside the Philox draw.
+    assert all(c.kwargs["BM"] * c.kwargs["BN"] // (32 * c.num_warps) <= 64 for c in masked)
+    assert tk.prune_gemm_configs(tk.GEMM_CONFIGS, {}, MASK_LORA=False) == tk.GEMM_CONFIGS
+    assert tk._gemm_lora_tuned.early_config_prune is tk.prune_gemm_configs
+
+
 def test_sm70_is_still_accepted_as_the_cublas_path():
     x, W, b, A, B = _case(9, 32, 24, 8, torch.float32)
     torch.testing.assert_close(
         lora_linear(x, W, A, B, 2.0, bias=b, backend="sm70"),
         lora_linear(x, W, A, B, 2.0, bias=b, backend="cublas"),
     )
+
+
+# ---- sm_7x: cuBLAS where the FMA kernel loses on paper ----
+
+
+def test_cublas_beats_fma_only_on_sm7x_from_rank_32(monkeypatch):
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(tk, "_capability", lambda device: (7, 0))
+    decide = tk.cublas_beats_fma
+    assert [decide("ds_db", r, 0.0, cuda) for r in (8, 16, 32, 64)] == [False, False, True, True]
+    assert [decide("down", r, 0.0, cuda) for r in (8, 16, 32, 64)] == [False, False, True, True]
+    # With dropout cuBLAS would need drop(x) materialised: down/da stay in Triton, ds_db does not
+    # see the mask.
+    assert not decide("down", 64, 0.1, cuda) and not decide("da", 64, 0.1, cuda)
+    assert decide("ds_db", 64, 0.1, cuda)
+    monkeypatch.setattr(tk, "_capability", lambda device: (8, 0))
+    assert not any(decide(k, 128, 0.0, cuda) for k in ("down", "ds_db", "da"))
+    assert not decide("ds_db", 128, 0.0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("r", "p", "triton_kernels"),
+    [
+        (16, 0.0, {"_down", "_ds_db", "_da"}),
+        (32, 0.0, set()),
+        (32, 0.1, {"_down", "_da", "_gemm_lora"}),  # dropout: masked dX add stays in Triton
+    ],
+)
+def test_sm7x_lora_side_takes_the_cheaper_path_and_stays_exact(
+    monkeypatch, launches, r, p, triton_kernels
+):
+    """On a (pretended) V100 the op launches Triton only where FMA wins on paper, and the
+    gradients match the reference either way."""
+    monkeypatch.setattr(tk, "_capability", lambda device: (7, 0))
+    _check("cublas", 40, 48, 56, r, torch.float32, p=p)
+    assert {launch["name"] for launch in launches} == triton_kernels

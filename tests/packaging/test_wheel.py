@@ -20,9 +20,11 @@ def _build_wheel(tmp_path: Path) -> zipfile.ZipFile:
     shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(*_NOT_SOURCE))
     out = tmp_path / "wheel"
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-    cmd += ["--no-index", "-q", "-w", str(out), str(src)]
+    cmd += ["--no-index", "-v", "-w", str(out), str(src)]  # -v: the build backend's warnings
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-4000:]
+    # No setuptools banner on install (data folders not declared as packages, say).
+    assert "BuildBackendWarning" not in done.stdout + done.stderr
     (wheel,) = out.glob("*.whl")
     return zipfile.ZipFile(wheel)
 
