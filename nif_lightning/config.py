@@ -238,9 +238,9 @@ class TrainerConfig(StrategyConfig):
     `nif::lora_*`)."""
     logger: str | dict[str, Any] = "csv"
     """Where metrics go besides OUT/logs/*/metrics.csv (always written: the report reads it):
-    `csv` (only that), `tensorboard` (OUT/logs), `wandb` (`WANDB_MODE=offline` works without a
-    network), `mlflow` (a local file store, OUT/mlruns), or any Lightning logger as a class
-    path (`lightning.pytorch.loggers.CometLogger`) or a mapping `{class_path, init_args}`."""
+    `csv` (only that), `tensorboard` (OUT/tensorboard), `wandb` (`WANDB_MODE=offline` works
+    without a network), `mlflow` (a local file store, OUT/mlruns), or any Lightning logger as a
+    class path (`lightning.pytorch.loggers.CometLogger`) or a mapping `{class_path, init_args}`."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -256,6 +256,9 @@ def _chosen_logger(setting: str | dict, out: Path):
     if setting == "mlflow":
         import mlflow  # noqa: F401
 
+        # MLflow 3 refuses its file store unless allowed; a server or a database is a class path
+        # away (`lightning.pytorch.loggers.MLFlowLogger` with `tracking_uri`).
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         return loggers.MLFlowLogger(
             experiment_name="nif-lightning",
             run_name=out.name,

@@ -216,3 +216,26 @@ def test_a_non_finite_loss_stops_training_at_the_next_check(tiny, tmp_path, monk
     loader = torch.utils.data.DataLoader(_batches(20), batch_size=None)
     with pytest.raises(RuntimeError, match="NaN or inf between steps 3 and 6: training diverged"):
         trainer.fit(module, train_dataloaders=loader)
+
+
+@pytest.mark.parametrize("name", ["wandb", "mlflow"])
+def test_wandb_offline_and_mlflow_write_local_files(name, tmp_path, monkeypatch):
+    """Run where the package is installed (not in the `test` extra): wandb with
+    WANDB_MODE=offline and MLflow's file store need no network."""
+    pytest.importorskip(name)
+    from nif_lightning.recipes.train import build_loggers
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)
+    _, chosen = build_loggers(train_config({"trainer": {"logger": name}}).trainer.logger, tmp_path)
+    chosen.log_metrics({"perf/tokens_per_s": 123.0}, step=3)
+    chosen.finalize("success")
+    if name == "wandb":
+        import wandb
+
+        wandb.finish()
+        assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    else:
+        [metric] = (tmp_path / "mlruns").rglob("metrics/perf/tokens_per_s")
+        assert metric.read_text().split()[1:] == ["123.0", "3"]
