@@ -119,7 +119,7 @@ def register(subparsers) -> None:
         "--tokenizer",
         metavar="MODEL",
         help="the model you will train (folder or Hub id): its EOS text ends each output, "
-        "checked row by row (one of --tokenizer / --eos-token is required)",
+        "checked row by row (required unless --eos-token is given; default: none)",
     )
     eos.add_argument(
         "--eos-token",

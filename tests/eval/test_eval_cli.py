@@ -80,7 +80,7 @@ def test_eval_end_to_end_and_rerun(tiny, tmp_path, monkeypatch, capsys):
 
     assert main(["eval", "compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
-    assert row.startswith("| base | one_shot | 5.00 | 50.00 | - |")
+    assert row.startswith("| base | one_shot | 5.00 | 50.00 | 50.00 | - |")  # win rate, AH %
 
 
 def test_generation_resumes_after_kill(tiny, tmp_path, monkeypatch):
