@@ -45,6 +45,9 @@ setup(
         "pyarrow>=15",
         "pyyaml>=6",
         "tqdm>=4.66",
+        # The built-in IFEval's case checks ask langdetect, as IFEval does: `nif eval MODEL` runs
+        # it offline on a base install (pure Python, ~1 MB).
+        "langdetect>=1.0.9",
         "matplotlib>=3.7",  # the loss plot of the run report
     ],
     extras_require={

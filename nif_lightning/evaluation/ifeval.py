@@ -37,9 +37,9 @@ Where this module knowingly differs from lm-eval:
   abbreviations), and `score()` lists them under `approximated_ids`.
 
 The language checks (`language:response_language`, `change_case:english_capital`,
-`change_case:english_lowercase`) need `langdetect` (in the `eval` extra); a prompt file that uses
-them is refused up front without it. langdetect samples at random: its seed is fixed at 0 here,
-so a verdict is repeatable, and detection results are memoised per text.
+`change_case:english_lowercase`) need `langdetect` (a dependency of ours; an environment without
+it refuses a prompt file that uses them up front). langdetect samples at random: its seed is fixed
+at 0 here, so a verdict is repeatable, and detection results are memoised per text.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _language(text: str) -> str | None:
         import langdetect
     except ImportError:
         raise ValueError(
-            "IFEval's language checks need langdetect: pip install 'nif-lightning[eval]'"
+            "IFEval's language checks need langdetect: pip install langdetect"
         ) from None
     # langdetect samples at random; a fixed seed makes each verdict repeatable.
     langdetect.DetectorFactory.seed = 0
@@ -469,7 +469,7 @@ def _require_langdetect(where: str, iid: str) -> None:
         import langdetect  # noqa: F401
     except ImportError:
         raise ValueError(
-            f"{where}: {iid} needs langdetect: pip install 'nif-lightning[eval]'"
+            f"{where}: {iid} needs langdetect: pip install langdetect"
         ) from None
 
 
