@@ -174,12 +174,14 @@ class FilterConfig:
     def drop_conversational(self) -> bool:
         return not self.keep_conversational
 
-    def check_inputs(self) -> list[str]:
+    def check_inputs(self, *, src_written_later: bool = False) -> list[str]:
+        """`--out` can be a folder and DIR holds the rows the filter reads (unless an earlier
+        stage of `nif run` writes DIR)."""
         from data_gen.store import check_dataset_dir, folder_problem
 
         problem = folder_problem(self.out, what="`--out`")
-        if problem:
-            return [problem]
+        if problem or src_written_later:
+            return [problem] if problem else []
         try:  # the uppercase rule reads each row's true continuation too
             check_dataset_dir(
                 self.src, what="DIR", columns=("id", "prompt", "completion", "reference")

@@ -494,9 +494,13 @@ def load_run_config(path: str | Path) -> RunConfig:
 def validate_run(cfg: RunConfig, *, source: str = "config") -> None:
     """The checks that touch the world (files, environment, the Hub), all at once."""
     problems: list[str] = []
-    for name, part in (("gen", cfg.gen), ("filter", cfg.filter)):
-        if part is None:
-            continue
+    # The filter's source is the run's own data/, which the gen stage writes: only its own
+    # sections (the judge's key) and its output folder can be checked before gen has run.
+    checks = [("gen", cfg.gen)]
+    if cfg.filter is not None:
+        checks.append(("filter", cfg.filter.judge))
+        problems += [f"filter: {p}" for p in cfg.filter.check_inputs(src_written_later=True)]
+    for name, part in checks:
         try:
             validate(part, source="", paths=(name,))
         except ConfigError as err:

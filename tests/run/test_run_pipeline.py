@@ -129,6 +129,32 @@ def test_invalid_config_fails_before_any_stage_naming_the_key(tmp_path, section,
     assert not (tmp_path / "run").exists()  # nothing ran
 
 
+def test_a_run_with_the_filter_stage_starts_from_an_empty_folder(tmp_path):
+    """The quickstart's shape (gen -> filter -> train): the filter's source is written by gen, so
+    the checks before any stage must not ask for it (they did: `nif run` on a fresh machine
+    stopped at once with "DIR runs/quickstart/data does not exist")."""
+    cfg = load_run_config(_config(tmp_path, filter={"quiet": True}, preview={"prompts": []}))
+    report = run_pipeline(cfg, log=lambda *a: None)
+    run = tmp_path / "run"
+    assert (run / "data-filtered" / "shards").is_dir() and (run / "adapter").is_dir()
+    assert report["stages"]["filter"] != "not configured"
+
+
+def test_the_shipped_quickstart_passes_its_checks_in_an_empty_folder(tmp_path, monkeypatch):
+    from importlib.resources import files
+
+    from nif_lightning.config import validate_run
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_run_config(files("nif_lightning") / "configs" / "quickstart.yaml")
+    assert cfg.filter is not None
+    validate_run(cfg)  # raises ConfigError on a problem
+    (tmp_path / "runs" / "quickstart").mkdir(parents=True)
+    (tmp_path / "runs" / "quickstart" / "data-filtered").write_text("")
+    with pytest.raises(ValueError, match="data-filtered is a file"):
+        validate_run(cfg)  # the filter's output is still checked
+
+
 def test_data_dir_must_be_what_the_run_writes(tmp_path):
     cfg_path = _config(tmp_path, data={"dir": str(tmp_path / "elsewhere")})
     with pytest.raises(ValueError, match="data.dir"):
