@@ -16,12 +16,12 @@ every document's id is the hash of its text, as in a plain `nif gen` run. What i
 
 Each measurement runs in a fresh process, so each peak is its own. Reported per row: docs/s
 (corpus documents / wall seconds, process start-up of the workers included; median of `--reps`
-with min and max), and the peak RSS of the whole process tree (parent + workers, summed and
-sampled every 20 ms, and never below the parent's own peak), with the parent's peak and the
-largest worker's (VmHWM: `ru_maxrss` would start each process at its parent's RSS at the
-fork). `sample_digest` (a hash of the sampled ids in order) must agree between worker counts:
-the sample does not depend on how the corpus is read. The timings come from a machine that may
-be shared with other jobs: compare rows of one run, and expect noise.
+interleaved repetitions, with min and max), and the peak RSS of the whole process tree (parent
++ workers, summed and sampled every 20 ms, and never below the parent's own peak), with the
+parent's peak and the largest worker's (VmHWM: `ru_maxrss` would start each process at its
+parent's RSS at the fork). `sample_digest` (a hash of the sampled ids in order) must agree
+between worker counts: the sample does not depend on how the corpus is read. The timings come
+from a machine that may be shared with other jobs: compare rows of one run, and expect noise.
 Rows go to benchmarks/results/sample.jsonl.
 """
 
@@ -170,10 +170,19 @@ def _measure(spec: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench(corpus: Path, docs: int, n: int, impl: str, workers: int, args) -> dict:
-    spec = {"impl": impl, "corpus": str(corpus), "num_docs": n, "workers": workers}
-    spec["chunk_bytes"] = args.chunk_bytes
-    runs = [_measure(spec) for _ in range(args.reps)]
+def bench(corpus: Path, docs: int, n: int, impls: list[tuple[str, int]], args) -> list[dict]:
+    """One row per (implementation, workers); the repetitions interleaved, so drift of a shared
+    machine hits every implementation alike."""
+    runs: dict[tuple[str, int], list[dict]] = {impl: [] for impl in impls}
+    for _ in range(args.reps):
+        for impl, workers in impls:
+            spec = {"impl": impl, "corpus": str(corpus), "num_docs": n, "workers": workers}
+            spec["chunk_bytes"] = args.chunk_bytes
+            runs[impl, workers].append(_measure(spec))
+    return [_row(corpus, docs, n, impl, workers, runs[impl, workers]) for impl, workers in impls]
+
+
+def _row(corpus: Path, docs: int, n: int, impl: str, workers: int, runs: list[dict]) -> dict:
     rates = [docs / r["seconds"] for r in runs]
     peaks = [r["peak_rss_mb"] for r in runs]
     return {
@@ -183,7 +192,7 @@ def bench(corpus: Path, docs: int, n: int, impl: str, workers: int, args) -> dic
         "corpus_mb": corpus.stat().st_size / 2**20,
         "num_docs": n,
         "workers": workers,
-        "reps": args.reps,
+        "reps": len(runs),
         "docs_per_s": statistics.median(rates),
         "docs_per_s_min_max": [min(rates), max(rates)],
         "peak_rss_mb": statistics.median(peaks),
@@ -193,7 +202,7 @@ def bench(corpus: Path, docs: int, n: int, impl: str, workers: int, args) -> dic
         "sampled": runs[0]["sampled"],
         "sample_digest": runs[0]["sample_digest"],
         "cpu_count": os.cpu_count(),
-        "note": "shared machine: timings are noisy",
+        "note": "shared machine (other jobs running): timings are noisy",
     }
 
 
@@ -222,8 +231,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for n in args.num_docs:
             impls = [("ours", w) for w in args.workers]
             impls += [] if args.no_baseline else [("baseline", 1)]
-            for impl, workers in impls:
-                row = bench(corpus, docs, n, impl, workers, args)
+            for row in bench(corpus, docs, n, impls, args):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     columns = ["impl", "corpus_docs", "num_docs", "workers", "docs_per_s", "peak_rss_mb"]

@@ -5,8 +5,9 @@ A source is read as a list of `Unit`s (`plan_units`): a byte range of a .jsonl f
 corpus. Units are picklable, so several processes can read one source (`data_gen.sampling`).
 Every local format is read incrementally, so memory does not grow with the corpus:
 
-- .jsonl: line by line; a large file is cut into `CHUNK_BYTES` byte ranges, and a line belongs
-  to the range its first byte is in, so the ranges together read every line exactly once;
+- .jsonl: line by line (lines end at `\n`; `\r\n` is fine, a lone `\r` ends no line); a large
+  file is cut into `CHUNK_BYTES` byte ranges, and a line belongs to the range its first byte is
+  in, so the ranges together read every line exactly once;
 - .json: a top-level array (or the array under `{"data": [...]}`) is decoded one element at a
   time from a buffer read in chunks; any other object is one record. Decoding stops at the first
   break in the JSON (or a single value over `MAX_JSON_VALUE_CHARS`): the records before it are

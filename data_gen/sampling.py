@@ -215,8 +215,9 @@ def sample_corpus(
         dynamic_ncols=True,
     )
     with bar:
-        if workers > 1 and big and _spawn_can_start():
-            sample, skipped = _read_in_processes(units, reading, workers, bar.update)
+        payloads = _pickled(units) if workers > 1 and big and _spawn_can_start() else None
+        if payloads is not None:
+            sample, skipped = _read_in_processes(payloads, reading, workers, bar.update)
         else:
             sample, skipped = BottomK(n, seed), SkipCounts()
             tick = _Ticker(bar.update)
@@ -240,18 +241,28 @@ def _spawn_can_start() -> bool:
     return path is None or os.path.isfile(path)
 
 
+def _pickled(units: list[Unit]) -> list[bytes] | None:
+    """The units as workers receive them, or None when one cannot be sent (an `hf:` dataset
+    object that does not pickle: then this process reads). Pickled here, not in the queue's
+    thread, which would drop such a unit with no more than a printed traceback."""
+    try:
+        return [pickle.dumps(unit) for unit in units]
+    except Exception:  # noqa: BLE001 - any pickling failure means: read here
+        return None
+
+
 def _read_in_processes(
-    units: list[Unit], reading: _Reading, workers: int, tick: Callable[[int], object]
+    payloads: list[bytes], reading: _Reading, workers: int, tick: Callable[[int], object]
 ) -> tuple[BottomK, SkipCounts]:
-    """Workers take units from a shared queue (the faster ones take more) and send back their
-    bottom k; the parent merges them. Any worker's error is raised here, and on any exit the
-    workers are stopped."""
+    """Workers take units (pickled, `_pickled`) from a shared queue, the faster ones more, and
+    send back their bottom k; the parent merges them. Any worker's error is raised here, and on
+    any exit the workers are stopped."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
     tasks, events = ctx.Queue(), ctx.Queue()
-    for unit in units:
-        tasks.put(unit)
+    for payload in payloads:
+        tasks.put(payload)
     for _ in range(workers):
         tasks.put(None)
     tasks.cancel_join_thread()  # units left unread when stopping early must not hold us up
@@ -268,12 +279,15 @@ def _read_in_processes(
             try:
                 kind, payload = events.get(timeout=1.0)
             except queue.Empty:
-                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                codes = [p.exitcode for p in procs]
+                dead = [code for code in codes if code not in (None, 0)]
                 if dead:
                     raise RuntimeError(
                         f"a sampling worker exited with code {dead[0]} (out of memory? its "
                         "error, if any, is above); `--sample-workers 1` samples in this process"
                     ) from None
+                if None not in codes:  # all ended, and a result never came
+                    raise RuntimeError("a sampling worker ended with no sample sent") from None
                 continue
             if kind == "progress":
                 tick(payload)
@@ -301,8 +315,8 @@ def _worker(tasks, events, reading: _Reading) -> None:
     try:
         sample, skipped = BottomK(reading.n, reading.seed), SkipCounts()
         tick = _Ticker(lambda k: events.put(("progress", k)))
-        while (unit := tasks.get()) is not None:
-            reading.read(unit, sample, skipped, tick)
+        while (payload := tasks.get()) is not None:
+            reading.read(pickle.loads(payload), sample, skipped, tick)
         tick.flush()
         events.put(("done", (sample, skipped)))
     except Exception as err:  # noqa: BLE001 - raised in the parent, which names the input

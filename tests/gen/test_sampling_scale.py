@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 import re
 import subprocess
@@ -323,11 +324,40 @@ class _FailingShard:
 
 
 def test_a_worker_error_is_raised_in_the_parent_naming_the_source():
-    units = [corpus.Unit("hf", "a/b", dataset=[{"text": _text(0)}]), corpus.Unit("hf", "a/b")]
-    units[1] = corpus.Unit("hf", "a/b", dataset=_FailingShard())
+    units = [corpus.Unit("hf", "a/b", dataset=[{"text": _text(0)}])]
+    units.append(corpus.Unit("hf", "a/b", dataset=_FailingShard()))
     reading = sampling._Reading(5, 0, "text", None, 8)
     with pytest.raises(ValueError, match=r"`--corpus hf:a/b`: cannot load it \(the Hub went"):
-        sampling._read_in_processes(units, reading, 2, lambda k: None)
+        sampling._read_in_processes(sampling._pickled(units), reading, 2, lambda k: None)
+    # A unit that cannot be sent to a process is read here instead (never dropped).
+    units.append(corpus.Unit("hf", "a/b", dataset=(r for r in [{"text": _text(2)}])))
+    assert sampling._pickled(units) is None
+
+
+def test_an_unreadable_file_counts_once_however_many_ranges_fail(tmp_path, monkeypatch):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records(300)))
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": _text(1)}) + "\n")
+    monkeypatch.setattr(corpus, "CHUNK_BYTES", 1000)
+
+    def unreadable(path, *args):
+        if path.name == "a.jsonl":
+            raise OSError("I/O error")
+        yield from real(path, *args)
+
+    real = corpus._jsonl_records
+    monkeypatch.setattr(corpus, "_jsonl_records", unreadable)
+    assert len(plan_units(str(tmp_path))) > 10
+    docs, skipped = sample_corpus(str(tmp_path), None, 0)
+    assert len(docs) == 1 and skipped == {"unreadable_file": 1}
+    # Counted per reader, the counts of the workers merge to one per file.
+    parts = [SkipCounts(), SkipCounts()]
+    for part in parts:
+        part.unreadable(tmp_path / "a.jsonl")
+        part["empty"] += 1
+    merged = SkipCounts()
+    for part in parts:
+        merged.merge(pickle.loads(pickle.dumps(part)))  # as a worker sends it
+    assert merged == {"unreadable_file": 1, "empty": 2}
 
 
 # --- memory -------------------------------------------------------------------------------------
