@@ -333,7 +333,9 @@ class LossScaleGuard(L.Callback):
                 pl_module.log("train/loss_scale", scale, on_step=True, batch_size=1)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+        # Saves during fit only (every rank saves then); not one a user makes afterwards.
+        running = trainer.state.status == "running" and trainer.state.fn == "fit"
+        if running and not trainer.sanity_checking:
             self.check(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:

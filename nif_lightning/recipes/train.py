@@ -306,6 +306,8 @@ def build_trainer(cfg: TrainConfig, out: Path):
         profiler=build_profiler(t.profiler, out),
         logger=build_loggers(t.logger, out),
         callbacks=[
+            # First: its check before each save stops a diverged model from reaching any file.
+            LossScaleGuard(),
             # The best by validation loss; `last.ckpt` is LastCheckpoint's, on its own schedule.
             ModelCheckpoint(out / "checkpoints", save_top_k=1, monitor="val/loss"),
             LastCheckpoint(
@@ -315,7 +317,6 @@ def build_trainer(cfg: TrainConfig, out: Path):
             ),
             AdapterExport(out / "adapter"),
             AdapterMerge(out / "merged"),  # rank 0, once fit is over (not after SIGTERM)
-            LossScaleGuard(),
             Throughput(),
         ],
     )

@@ -218,6 +218,50 @@ def test_a_non_finite_loss_stops_training_at_the_next_check(tiny, tmp_path, monk
         trainer.fit(module, train_dataloaders=loader)
 
 
+def test_nif_train_never_saves_a_diverged_model(tiny, tmp_path, write_builtin_shard, monkeypatch):
+    """NaN losses from step 5 on, checkpoints every 2 steps, no logging check in sight: the save
+    at step 6 is refused before anything is written, so `last.ckpt` stays step 4's and the
+    exported adapter stays finite."""
+    import nif_lightning.module as module_py
+    from nif_lightning.recipes.train import run_training
+
+    loss = module_py.NifLoraModule.lm_loss
+
+    def nan_from_step_5(self, inputs):
+        value, n, correct = loss(self, inputs)
+        return (value * float("nan") if self.trainer.global_step >= 4 else value), n, correct
+
+    monkeypatch.setattr(module_py.NifLoraModule, "lm_loss", nan_from_step_5)
+    data = write_builtin_shard(tmp_path / "data", rows=16, prompt_chars=100, completion_chars=60)
+    out = tmp_path / "run"
+    cfg = train_config(
+        {
+            "model": {"path": str(tiny), "fused_lora": False, "packed_attention": False},
+            "data": {"dir": str(data), "cutoff_len": 64, "micro_batch_size": 1, "packing": False},
+            "trainer": {
+                "devices": 1,
+                "max_steps": 8,
+                "log_every_n_steps": 50,
+                "val_check_interval": 100,
+                "checkpoint_every_n_steps": 2,
+            },
+            "out": str(out),
+        }
+    )
+    with pytest.raises(RuntimeError, match="between steps 4 and 6: training diverged"):
+        run_training(cfg)
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert saved["global_step"] == 4
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in adapter.values())
+    for key, value in saved["state_dict"].items():  # the adapter is the step-4 checkpoint's
+        name = key.removeprefix("model.").replace(".default", "")
+        torch.testing.assert_close(adapter[name], value, rtol=0, atol=0)
+    assert not (out / "merged").exists()
+
+
 @pytest.mark.parametrize("name", ["wandb", "mlflow"])
 def test_wandb_offline_and_mlflow_write_local_files(name, tmp_path, monkeypatch):
     """Run where the package is installed (not in the `test` extra): wandb with
