@@ -433,3 +433,19 @@ def test_bench_sample_rows(tmp_path):
     for r in rows:
         assert r["sampled"] == 50 and r["docs_per_s"] > 0
         assert r["peak_rss_mb"] >= r["parent_peak_mb"] > 0
+
+
+# --- the setting --------------------------------------------------------------------------------
+
+
+def test_sample_workers_is_operational_and_checked(tmp_path):
+    from data_gen.config import GenConfig
+    from data_gen.generate import config_fingerprint, generate
+
+    with pytest.raises(ValueError, match="`--sample-workers` must be >= 1"):
+        GenConfig(corpus="builtin", out=str(tmp_path / "o"), sample_workers=0)
+    one = GenConfig(corpus="builtin", out=str(tmp_path / "o"), num_docs=3, sample_workers=1)
+    two = GenConfig(corpus="builtin", out=str(tmp_path / "o"), num_docs=3, sample_workers=2)
+    assert config_fingerprint(one) == config_fingerprint(two)  # it does not change the data
+    assert generate(one, progress=False).done == 3
+    assert generate(two, progress=False).already_done == 3  # resumes, not refused
