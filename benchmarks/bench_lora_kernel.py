@@ -148,6 +148,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     ap.add_argument("--quick", action="store_true", help="a small grid (CPU)")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument(
+        "--model", choices=sorted(SHAPES), help="only this model's projections (default: all)"
+    )
     args = ap.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     quick = args.quick or device == "cpu"
@@ -158,6 +161,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         where = torch.cuda.get_device_name() if device == "cuda" else "a CPU"
         print(f"no roofline: the peak table (benchmarks/roofline.py) does not cover {where}")
     models = {"llama2-7b": {"q": (512, 512), "gate": (512, 1376)}} if quick else SHAPES
+    if args.model and not quick:
+        models = {args.model: SHAPES[args.model]}
     token_grid = [256] if quick else [4096, 16384]
     ranks = [8, 64] if quick else [8, 16, 64]
     rows = []
