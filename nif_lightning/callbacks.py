@@ -79,7 +79,7 @@ class LastCheckpoint(L.Callback):
         """Write next to `path`, then swap it in: a kill while writing leaves the last one whole."""
         if trainer.global_step != self._saved_step:
             partial = self.path.with_name(f".partial-{self.path.name}")
-            trainer.save_checkpoint(partial)
+            trainer.save_checkpoint(partial, weights_only=False)  # a full, resumable one
             trainer.strategy.barrier("last-checkpoint-written")  # DeepSpeed: every rank's part
             if trainer.is_global_zero:
                 swap_in(partial, self.path)
@@ -438,3 +438,25 @@ class Throughput(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._t0 = None
+
+
+def progress_bar() -> L.Callback:
+    """Lightning's own progress bar (Rich where installed, else tqdm), without the
+    `Epoch 6/-2` that Rich shows under a step budget (`max_epochs=-1`)."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    if not _RICH_AVAILABLE:
+        return TQDMProgressBar()  # shows `Epoch N` alone
+
+    class StepBudgetBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+                return super()._get_train_description(current_epoch)
+            steps = self.trainer.max_steps
+            description = f"Epoch {current_epoch}" + (
+                f" (step {self.trainer.global_step}/{steps})" if steps > 0 else ""
+            )
+            return f"{description:{len(self.validation_description)}}"
+
+    return StepBudgetBar()

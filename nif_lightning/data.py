@@ -76,6 +76,19 @@ class _EpochBatches(torch.utils.data.IterableDataset):
         return len(self._groups_fn(0))
 
 
+class _ResumableLoader(torch.utils.data.DataLoader):
+    """The training loader, marked resumable for Lightning (it has `state_dict` /
+    `load_state_dict`, so Lightning does not warn that a mid-epoch resume is inexact). Its
+    position is the data module's state (`NifDataModule.state_dict`), which Lightning restores
+    before the loader is iterated: the loader itself has nothing more to keep."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class NifDataModule(L.LightningDataModule):
     """Packed (or padded) training and validation batches from a `nif gen` / `nif filter` folder.
 
@@ -230,7 +243,8 @@ class NifDataModule(L.LightningDataModule):
             epoch_fn=self._epoch if train else (lambda: 0),
             start_fn=self._first_batch if train else (lambda epoch: 0),
         )
-        return torch.utils.data.DataLoader(dataset, batch_size=None)
+        loader = _ResumableLoader if train else torch.utils.data.DataLoader
+        return loader(dataset, batch_size=None)
 
     def train_dataloader(self):
         return self._loader(self.train_examples, train=True)

@@ -56,6 +56,7 @@ def training_figures(rows: list[dict[str, float]]) -> dict[str, Any]:
             last_step=train[-1][0],
             train_loss_start=statistics.fmean(head),
             train_loss_end=statistics.fmean(tail),
+            train_loss_points=len(head),  # each end is a mean over this many logged steps
         )
     if val:
         figures.update(val_loss_first=val[0][1], val_loss_last=val[-1][1])
@@ -160,7 +161,31 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _table(pairs: dict[str, Any]) -> list[str]:
+# What each training figure is, for report.md (report.json keeps the bare keys).
+TRAINING_LABELS = {
+    "logged_steps": "optimizer steps with a logged training loss",
+    "first_step": "first logged step",
+    "last_step": "last logged step",
+    "train_loss_start": "training loss, mean of the first {train_loss_points} logged steps",
+    "train_loss_end": "training loss, mean of the last {train_loss_points} logged steps",
+    "train_loss_points": "logged steps in each of those means (a tenth of them, at least 1)",
+    "val_loss_first": "validation loss at the first check",
+    "val_loss_last": "validation loss at the last check",
+    "val_loss_best": "lowest validation loss",
+    "val_ppl_last": "validation perplexity at the last check",
+    "val_token_acc_last": "validation next-token accuracy at the last check",
+    "tokens_per_s_median": "training tokens per second (median over logging intervals)",
+    "non_padding_share_mean": "share of computed token slots holding real tokens (mean)",
+    "mfu_median": "model FLOPs utilisation (median)",
+}
+
+
+def _table(pairs: dict[str, Any], labels: dict[str, str] | None = None) -> list[str]:
+    if labels:
+        lines = ["| figure | value | what it is |", "|---|---|---|"]
+        return lines + [
+            f"| {k} | {_fmt(v)} | {labels.get(k, '').format(**pairs)} |" for k, v in pairs.items()
+        ]
     lines = ["| | |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in pairs.items()]
     return lines
@@ -183,7 +208,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += _table(report["filter"])
     out += ["", "## Training", ""]
     training = report["training"]
-    out += _table(training) if training.get("logged_steps") else ["(no training metrics found)"]
+    has_metrics = training.get("logged_steps")
+    out += _table(training, TRAINING_LABELS) if has_metrics else ["(no training metrics found)"]
     if report["outputs"]["loss_plot"]:
         out += ["", "![training and validation loss](loss.png)"]
     out += ["", "## Outputs", ""]

@@ -284,6 +284,7 @@ def build_trainer(cfg: TrainConfig, out: Path):
         LastCheckpoint,
         LossScaleGuard,
         Throughput,
+        progress_bar,
     )
     from nif_lightning.strategy import build_strategy
 
@@ -318,6 +319,7 @@ def build_trainer(cfg: TrainConfig, out: Path):
             AdapterExport(out / "adapter"),
             AdapterMerge(out / "merged"),  # rank 0, once fit is over (not after SIGTERM)
             Throughput(),
+            progress_bar(),
         ],
     )
 

@@ -50,6 +50,7 @@ def test_metrics_of_a_resumed_run_count_each_step_once(tmp_path):
     assert fig["logged_steps"] == 4
     assert fig["first_step"] == 0 and fig["last_step"] == 6
     assert fig["train_loss_start"] == 6.0 and fig["train_loss_end"] == 3.0
+    assert fig["train_loss_points"] == 1  # a tenth of 4 logged steps, at least one
     assert fig["val_loss_first"] == 5.5 and fig["val_loss_last"] == 3.5
     assert fig["val_loss_best"] == 3.5
     assert fig["val_token_acc_last"] == 0.3
@@ -100,7 +101,9 @@ def test_report_files_carry_the_figures(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
     md = (tmp_path / "report.md").read_text()
     assert "| done | 12 |" in md
-    assert "| val_loss_best | 3.5 |" in md
+    assert "| val_loss_best | 3.5 | lowest validation loss |" in md
+    # The loss ends say what they are: means of how many logged steps.
+    assert "| train_loss_end | 3 | training loss, mean of the last 1 logged steps |" in md
     assert "![training and validation loss](loss.png)" in md
     assert "| Say hi \\| twice | hi hi hi *(no EOS)* | hi |" in md
     assert "| Spaces? | *(empty)* | *(nothing but whitespace)* *(no EOS)* |" in md
