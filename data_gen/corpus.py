@@ -254,8 +254,16 @@ def _file_records(
             text = _decode(path.read_bytes(), skipped)
             if text is not None:
                 yield {text_field: text, "path": str(path)}
-    except Exception:  # noqa: BLE001 - any unreadable file is skipped and counted
+    except _read_errors():  # a file that cannot be read is skipped and counted, not a crash
         skipped.unreadable(path)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What "this file cannot be read" raises: the OS's errors, a decoder's, pyarrow's (not
+    MemoryError or a bug's TypeError, which must surface)."""
+    import pyarrow as pa
+
+    return (OSError, ValueError, pa.ArrowException)
 
 
 def _jsonl_records(path: Path, start: int, end: int | None, skipped: SkipCounts) -> Iterator[dict]:
@@ -276,7 +284,7 @@ def _jsonl_records(path: Path, start: int, end: int | None, skipped: SkipCounts)
                 continue
             try:
                 record = _DECODER.decode(text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # deeply nested: not JSON for us
                 skipped[INVALID_JSON] += 1
                 continue
             if isinstance(record, dict):
@@ -307,7 +315,7 @@ def _json_records(path: Path, skipped: SkipCounts) -> Iterator[dict]:
                 raise json.JSONDecodeError("expected an array or an object", reader.buf, 0)
             if reader.peek() != "":
                 raise json.JSONDecodeError("extra data", reader.buf, reader.pos)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             skipped[INVALID_JSON] += 1
         except UnicodeDecodeError:
             skipped[INVALID_UTF8] += 1

@@ -32,12 +32,11 @@ Files are written atomically (`store`), so the folder never holds a half-written
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from data_gen.shards import read_rows
-from data_gen.store import check_dataset_dir, write_json_atomic
+from data_gen.store import check_dataset_dir, read_json_object, write_json_atomic
 
 FORMATS = ("llamafactory",)
 # The LLaMA-Factory template the export is made for (0.9.5: the raw text, nothing added).
@@ -74,6 +73,8 @@ def export_llamafactory(
             "template adds none): name the model's tokenizer with `--tokenizer` (a folder or Hub "
             "id) or its EOS text with `--eos-token` (e.g. '</s>')"
         )
+    info_path = out / "dataset_info.json"  # other datasets' entries are kept: read it first
+    info = read_json_object(info_path, what="OUT's") if info_path.is_file() else {}
     rows = read_rows(src)
     cut = {"cut_to": cutoff_len, "rows_cut": 0, "rows_cut_inexactly": 0}
     tok = None
@@ -95,8 +96,6 @@ def export_llamafactory(
     data_file = out / f"{name}.json"
     write_json_atomic(data_file, records, indent=None)
 
-    info_path = out / "dataset_info.json"
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     info[name] = dataset_info_entry(data_file.name, eos_token, tokenizer)
     if cutoff_len is not None:
         info[name]["nif"].update(cut)

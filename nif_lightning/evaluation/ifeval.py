@@ -468,9 +468,7 @@ def _require_langdetect(where: str, iid: str) -> None:
     try:
         import langdetect  # noqa: F401
     except ImportError:
-        raise ValueError(
-            f"{where}: {iid} needs langdetect: pip install langdetect"
-        ) from None
+        raise ValueError(f"{where}: {iid} needs langdetect: pip install langdetect") from None
 
 
 # Scored with an approximation of IFEval's tokenizer when nltk's punkt data is missing.

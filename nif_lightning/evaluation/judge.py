@@ -37,7 +37,6 @@ asked again by the next run.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import dataclasses
 import hashlib
@@ -323,9 +322,10 @@ _FC_TIE_DELTA = 0.1
 
 def parse_rating_fastchat(reply: str) -> float | None:
     """`[[rating]]` as FastChat reads it: the first `[[x]]`, else the first `[x]`; no range
-    check (FastChat keeps any number); None where it records -1."""
+    check (FastChat keeps any number); None where it records -1. Read with float(), not
+    FastChat's ast.literal_eval, which raises on a leading zero (`[[08]]`)."""
     found = _FC_ONE.search(reply) or _FC_ONE_BACKUP.search(reply)
-    return float(ast.literal_eval(found.group(1))) if found else None
+    return float(found.group(1)) if found else None
 
 
 def parse_pair_fastchat(reply: str) -> str | None:
@@ -341,7 +341,7 @@ def parse_two_ratings_fastchat(reply: str) -> str | None:
     found = _FC_TWO.search(reply) or _FC_TWO_BACKUP.search(reply)
     if not found:
         return None
-    a, b = (float(ast.literal_eval(x.strip())) for x in found.groups())
+    a, b = (float(x) for x in found.groups())
     if abs(a - b) <= _FC_TIE_DELTA:
         return "A=B"
     return "A>B" if a > b else "B>A"

@@ -130,6 +130,9 @@ def test_fastchat_verdict_readers():
     assert parse_two_ratings_fastchat("[[7, 7.05]]") == "A=B"
     assert parse_two_ratings_fastchat("[8,3]") == "A>B"
     assert parse_two_ratings_fastchat("[[2,9]]") == "B>A"
+    # A leading zero (FastChat's literal_eval raises on it) is a number, never a crash.
+    assert parse_rating_fastchat("[[08]]") == 8.0 and parse_rating_fastchat("[[9.]]") == 9.0
+    assert parse_two_ratings_fastchat("[[08, 3]]") == "A>B"
 
 
 def test_single_grades_with_the_prompt_file_and_references(tmp_path):

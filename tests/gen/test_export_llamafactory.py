@@ -144,6 +144,19 @@ def test_an_explicit_eos_text_is_appended_and_recorded(data, tmp_path):
     assert info["owt"]["formatting"] == "alpaca" and info["owt"]["nif"]["eos_in_output"] == "</s>"
 
 
+@pytest.mark.parametrize("content", ["[1, 2]", "{not json"])
+def test_a_broken_dataset_info_is_refused_naming_it_before_anything_is_written(
+    data, tmp_path, capsys, content
+):
+    out = tmp_path / "lf"
+    out.mkdir()
+    (out / "dataset_info.json").write_text(content)
+    assert nif(["export", "llamafactory", str(data), str(out), "--eos-token", "</s>"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(out / "dataset_info.json") in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["dataset_info.json"]  # nothing written
+
+
 def _llamafactory_samples(dataset_dir, tiny, cutoff: int, tmp_path):
     """LLaMA-Factory's own SFT preprocessing of the exported dataset (what `llamafactory-cli
     train` runs before training)."""

@@ -206,11 +206,12 @@ def _read(src: str, **kw) -> tuple[list[dict], SkipCounts]:
 def test_jsonl_byte_ranges_read_every_line_exactly_once(tmp_path, monkeypatch, chunk):
     path = tmp_path / "c.jsonl"
     lines = [json.dumps({"text": _text(i, i % 5), "n": i}).encode() for i in range(60)]
-    lines[7:7] = [b"", b"  ", b"[1, 2]", b"{bad", b"\xff\xfe"]
+    deep = b"[" * 100_000 + b"]" * 100_000  # RecursionError in json: one invalid line
+    lines[7:7] = [b"", b"  ", b"[1, 2]", b"{bad", b"\xff\xfe", deep]
     path.write_bytes(b"\n".join(lines) + b"\r\n")
     reference, ref_skipped = _read(str(path))
     assert [r["n"] for r in reference] == list(range(60))
-    assert ref_skipped == {"invalid_json": 2, "invalid_utf8": 1}
+    assert ref_skipped == {"invalid_json": 3, "invalid_utf8": 1}
     monkeypatch.setattr(corpus, "CHUNK_BYTES", chunk)
     units = plan_units(str(path))
     assert len(units) == math.ceil(path.stat().st_size / chunk)

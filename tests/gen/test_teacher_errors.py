@@ -140,7 +140,7 @@ def test_nothing_listening_stops_the_run_within_seconds_naming_the_url(tmp_path,
     cfg = _cfg(tmp_path / "o", url, n=20, max_retries=6, backoff=1.0, concurrency=16)
     t0 = time.monotonic()
     stats = generate(cfg, progress=False)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 20  # a loaded machine's margin; retrying takes >= 63 s
     assert stats.stopped.startswith("ServerUnreachable: cannot connect to " + url)
     assert "nothing listening" in stats.stopped and "--base-url" in stats.stopped
     assert report_gen(cfg, stats) == 3
@@ -194,14 +194,14 @@ def test_a_teacher_with_nothing_listening_raises_server_unreachable_at_once():
     url = _dead_url()
 
     async def run():
-        cfg = TeacherConfig(kind="openai-completions", model="m", base_urls=(url,), backoff=5)
+        cfg = TeacherConfig(kind="openai-completions", model="m", base_urls=(url,), backoff=30)
         async with make_teacher(cfg) as teacher:
             await teacher.complete("x")
 
     t0 = time.monotonic()
     with pytest.raises(ServerUnreachable, match="nothing listening"):
         asyncio.run(run())
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 15  # one retry would wait 30 s first
 
 
 # ---- a slow server ------------------------------------------------------------------------------
