@@ -22,8 +22,9 @@ UTF-8 (a lone surrogate such as the JSON escape `\\ud800`) is skipped and counte
 with *nothing* usable is an error, raised by the caller before any request is sent. Repeated
 documents are the sampler's to detect (`data_gen.sampling`): it needs no memory of the corpus.
 
-A document's id is the `--id-field` value when given, else a stable hash of its text (the same
-text gets the same id on every machine and every run, which is what resume relies on).
+A document's id is the `--id-field` value when given, else a stable hash of its text, `text_id`
+(the same text gets the same id on every machine and every run, which is what resume relies on;
+tests use `text_id` to name the document a text becomes).
 """
 
 from __future__ import annotations
@@ -92,8 +93,13 @@ class SkipCounts(Counter):
 
 
 def text_id(text: str) -> str:
-    """Stable id of a text: the first 16 hex digits of its SHA-256."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    """Stable id of a text: the first 16 hex digits of its SHA-256 (of its UTF-8 form)."""
+    return _utf8_id(text.encode("utf-8"))
+
+
+def _utf8_id(data: bytes) -> str:
+    """`text_id` of a text already encoded (`usable_documents` encodes each text once)."""
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,11 @@ class Unit:
 
 
 def plan_units(src: str, *, chunk_bytes: int | None = None) -> list[Unit]:
-    """The units of `src`, in the source's order (`iter_documents` reads them in turn); a
-    .jsonl file in ranges of `chunk_bytes` (default `CHUNK_BYTES`)."""
+    """The units of `src`, in the source's order; a .jsonl file in ranges of `chunk_bytes`
+    (default `CHUNK_BYTES`).
+
+    `src` is `builtin`, `hf:NAME[:SPLIT][@REVISION]`, or a local .jsonl/.json/.parquet/.txt
+    file or a folder of them (searched recursively, in sorted path order)."""
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     if src == "builtin":
         return [Unit("builtin")]
@@ -190,28 +199,8 @@ def usable_documents(
                 skipped[INVALID_UNICODE] += 1
                 continue
         else:
-            doc_id = hashlib.sha256(data).hexdigest()[:16]  # text_id(text), encoded once
+            doc_id = _utf8_id(data)
         yield Document(doc_id, text)
-
-
-def iter_documents(
-    src: str,
-    skipped: SkipCounts,
-    *,
-    text_field: str = "text",
-    id_field: str | None = None,
-    min_words: int = 8,
-) -> Iterator[Document]:
-    """Usable documents of `src` in a fixed order (repeats included); unusable ones counted.
-
-    `src` is `builtin`, `hf:NAME[:SPLIT][@REVISION]`, or a local .jsonl/.json/.parquet/.txt
-    file or a folder of them (searched recursively, in sorted path order).
-    """
-    for unit in plan_units(src):
-        records = unit_records(unit, skipped, text_field=text_field, id_field=id_field)
-        yield from usable_documents(
-            records, skipped, text_field=text_field, id_field=id_field, min_words=min_words
-        )
 
 
 def _encodable(text: str) -> bool:

@@ -73,12 +73,9 @@ def default_workers(limit: int = 8) -> int:
     return max(1, min(cores, limit))
 
 
-def sample_key(doc_id: str, seed: int) -> int:
-    """The document's place in the sample's order: the smallest `n` keys are the sample."""
-    return _Keyer(seed)(doc_id)
-
-
 class _Keyer:
+    """A document's place in the sample's order: the smallest `n` keys are the sample."""
+
     def __init__(self, seed: int) -> None:
         self.secret = str(seed).encode()
 
@@ -91,7 +88,8 @@ class _Keyer:
 
 class BottomK:
     """The `n` documents with the smallest keys offered so far (all of them when `n` is None),
-    and how many extra copies of each were offered."""
+    and how many extra copies of each were offered. `key(doc_id)` is a document's key; offering
+    documents from memory and taking `documents()` is the in-memory sample (tests use it)."""
 
     def __init__(self, n: int | None, seed: int) -> None:
         self.n = n
@@ -131,15 +129,6 @@ class BottomK:
         order)."""
         ordered = sorted(self._kept.items(), key=lambda item: item[1][0])
         return [Document(doc_id, text) for doc_id, (_, text, _) in ordered]
-
-
-def sample_documents(docs: Iterable[Document], n: int | None, seed: int) -> list[Document]:
-    """`n` documents uniformly without replacement (all of them when `n` is None), one copy of
-    each, in key order."""
-    sample = BottomK(n, seed)
-    for doc in docs:
-        sample.offer(doc)
-    return sample.documents()
 
 
 @dataclass(frozen=True)

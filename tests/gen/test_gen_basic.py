@@ -11,7 +11,7 @@ import pytest
 
 from data_gen.corpus import Document
 from data_gen.generate import GenConfig, generate
-from data_gen.sampling import cut_document, sample_documents
+from data_gen.sampling import BottomK, cut_document
 from data_gen.shards import read_rows
 from nif_lightning.cli import main
 
@@ -25,16 +25,23 @@ def _text(i: int, words: int = 40) -> str:
     return "  ".join(f"Doc{i}\tword{j}\n" if j % 9 == 0 else f"d{i}w{j}" for j in range(words))
 
 
+def _sample(docs: list[Document], n: int, seed: int) -> list[Document]:
+    sample = BottomK(n, seed)
+    for doc in docs:
+        sample.offer(doc)
+    return sample.documents()
+
+
 def test_sampling_is_uniform_without_replacement_and_reproducible():
     docs = [Document(str(i), _text(i)) for i in range(200)]
-    a = sample_documents(docs, 50, seed=3)
-    assert a == sample_documents(docs, 50, seed=3)
-    assert a != sample_documents(docs, 50, seed=4)
+    a = _sample(docs, 50, seed=3)
+    assert a == _sample(docs, 50, seed=3)
+    assert a != _sample(docs, 50, seed=4)
     assert len({d.id for d in a}) == 50
     # Uniform: over many seeds every document is drawn about 50/200 of the time.
     counts = {d.id: 0 for d in docs}
     for seed in range(400):
-        for d in sample_documents(docs, 50, seed):
+        for d in _sample(docs, 50, seed):
             counts[d.id] += 1
     assert min(counts.values()) > 60 and max(counts.values()) < 140  # mean 100
 

@@ -21,9 +21,17 @@ import pytest
 
 from data_gen import corpus, sampling
 from data_gen.corpus import Document, SkipCounts, plan_units, unit_records
-from data_gen.sampling import cut_document, sample_corpus, sample_documents, sample_key
+from data_gen.sampling import BottomK, cut_document, sample_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bottom_k(docs: list[Document], n: int | None, seed: int) -> list[Document]:
+    """The sample of documents held in memory, in key order."""
+    sample = BottomK(n, seed)
+    for doc in docs:
+        sample.offer(doc)
+    return sample.documents()
 
 
 def _text(i: int, words: int = 30) -> str:
@@ -65,17 +73,17 @@ def _cut_chi_square(docs: list[Document], cuts: list[int], lo_frac: float, hi_fr
 def test_the_cut_of_sampled_documents_is_uniform_over_the_window(lo_frac, hi_frac):
     rng = random.Random(0)
     corpus_docs = [Document(f"d{i}", _text(i, rng.randint(20, 200))) for i in range(10_000)]
-    docs = sample_documents(corpus_docs, 2000, seed=11)  # the kept ones: small sampling keys
+    docs = _bottom_k(corpus_docs, 2000, seed=11)  # the kept ones: small sampling keys
     cuts = [len(cut_document(d, 11, lo_frac, hi_frac).prompt.split()) for d in docs]
     assert _cut_chi_square(docs, cuts, lo_frac, hi_frac) < CHI2_9DF_999
     # The test can fail: a cut always at the start of the window, or one drawn from the
     # sampling key (which is small for every kept document), is far outside.
     starts = [_window(len(d.text.split()), lo_frac, hi_frac)[0] for d in docs]
     assert _cut_chi_square(docs, starts, lo_frac, hi_frac) > 100 * CHI2_9DF_999
-    from_key = []
+    from_key, key = [], BottomK(None, 11).key
     for d, lo in zip(docs, starts, strict=True):
         hi = _window(len(d.text.split()), lo_frac, hi_frac)[1]
-        from_key.append(lo + ((sample_key(d.id, 11) * (hi - lo + 1)) >> 128))
+        from_key.append(lo + ((key(d.id) * (hi - lo + 1)) >> 128))
     assert _cut_chi_square(docs, from_key, lo_frac, hi_frac) > 10 * CHI2_9DF_999
 
 
@@ -167,7 +175,8 @@ def test_a_record_repeated_across_files_is_sampled_once_and_counted_as_a_duplica
     tmp_path, monkeypatch
 ):
     records = [{"text": _text(i)} for i in range(400)]
-    by_key = sorted(records, key=lambda r: sample_key(corpus.text_id(r["text"]), 3))
+    key = BottomK(20, 3).key
+    by_key = sorted(records, key=lambda r: key(corpus.text_id(r["text"])))
     first, last = by_key[0], by_key[-1]  # surely sampled; surely not
     folder = tmp_path / "c"
     folder.mkdir()
@@ -188,8 +197,8 @@ def test_a_record_repeated_across_files_is_sampled_once_and_counted_as_a_duplica
 def test_copies_with_one_id_and_two_texts_keep_the_same_text_in_any_order():
     a, b = Document("x", _text(1)), Document("x", _text(2))
     others = [Document(f"o{i}", _text(i + 10)) for i in range(30)]
-    one = sample_documents([a, *others, b], None, 0)
-    assert one == sample_documents([b, *others, a], None, 0)
+    one = _bottom_k([a, *others, b], None, 0)
+    assert one == _bottom_k([b, *others, a], None, 0)
     assert [d.text for d in one if d.id == "x"] == [min(a.text, b.text)]
 
 
