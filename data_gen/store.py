@@ -11,6 +11,8 @@ readable after a kill. This module is the one place that knows how:
 - **The append-only JSONL cache** (`JsonlCache`): finished work (verdicts, answers) appended one
   flushed line at a time, so a kill loses at most the line being written. That line may be cut
   short: readers skip it, and the next writer ends it first so the next record is not glued on.
+  A JSONL file the user gives (`read_jsonl_records`) is read strictly instead: a bad line is an
+  error naming FILE:LINE.
 - **The dataset folder** (`SCHEMA`, `shard_paths`, `check_dataset_dir`, `read_dataset`): rows in
   `DIR/shards/*.arrow`, Arrow IPC files (`nif gen` writes the stream format as `part-NNNNN.arrow`;
   the file format, which other tools write, is read too). Written by gen and filter, read by
@@ -140,6 +142,35 @@ def parse_jsonl(text: str) -> list[dict[str, Any]]:
         if isinstance(rec, dict):
             records.append(rec)
     return records
+
+
+def read_jsonl_records(path: str | Path, *, what: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each JSON object of a JSONL file the user gave (questions, prompts, references), with its
+    place `"WHAT FILE:LINE"` for the caller's own checks; blank lines are skipped. Unlike
+    `parse_jsonl` (our own cache, where a torn line is just redone), anything else is a
+    `ValueError` in one line: a missing file, or a line that is not UTF-8, not JSON (too
+    deeply nested included) or not an object, named by FILE:LINE. Lines end at `\\n` only (a
+    U+2028 inside a JSON string is no line end)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what} {str(p)!r} does not exist")
+    for n, raw in enumerate(p.read_bytes().split(b"\n"), start=1):
+        where = f"{what} {p}:{n}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{where}: not UTF-8 text ({err.reason})") from None
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{where}: not valid JSON (nested too deeply)") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{where}: a record must be a JSON object, not {type(rec).__name__}")
+        yield where, rec
 
 
 class JsonlCache:

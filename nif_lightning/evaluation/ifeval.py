@@ -54,6 +54,8 @@ from typing import Any
 
 import regex  # a dependency of transformers
 
+from data_gen.store import read_jsonl_records
+
 _RELATIONS = ("less than", "at least")
 
 
@@ -423,18 +425,8 @@ def _loose_variants(response: str) -> list[str]:
 
 def load_prompts(path: str | Path) -> list[IFEvalPrompt]:
     """Read an IFEval-format jsonl file; every problem is reported with its line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"IFEval prompt file {str(path)!r} does not exist")
     prompts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
+    for where, rec in read_jsonl_records(path, what="IFEval prompt file"):
         for field in ("key", "prompt", "instruction_id_list", "kwargs"):
             if field not in rec:
                 raise ValueError(f"{where}: missing field {field!r}")

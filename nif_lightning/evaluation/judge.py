@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import random
 import re
 import string
@@ -48,7 +47,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from data_gen.store import JsonlCache
+from data_gen.store import JsonlCache, read_jsonl_records
 
 # Our own wording of the two judge tasks (the benchmarks' prompts are not copied).
 _JUDGE_SYSTEM = "You are a careful, impartial judge of answers written by AI assistants."
@@ -176,20 +175,8 @@ def load_judge_prompts(path: str | Path) -> dict[str, JudgePrompt]:
     """Read a judge prompt file in FastChat's `judge_prompts.jsonl` format: one JSON record a
     line with `name`, `type` (single | pairwise), `system_prompt`, `prompt_template` (str.format
     placeholders), `output_format`; `description` and `category` are not used."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"`--judge-prompts` {str(path)!r} does not exist")
     out: dict[str, JudgePrompt] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"`--judge-prompts` {path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: a record must be a JSON object")
+    for where, rec in read_jsonl_records(path, what="`--judge-prompts`"):
         absent = [k for k in _PROMPT_KEYS if not isinstance(rec.get(k), str)]
         if absent:
             raise ValueError(f"{where}: needs string field(s) {absent} (FastChat's format)")
@@ -220,20 +207,11 @@ def load_reference_answers(path: str | Path | None) -> dict[str, list[str]]:
     question id (str) -> one reference per turn. None -> no references."""
     if path is None:
         return {}
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"`--reference-answers` {str(path)!r} does not exist")
     out: dict[str, list[str]] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"`--reference-answers` {path}:{n}"
+    for where, rec in read_jsonl_records(path, what="`--reference-answers`"):
         try:
-            rec = json.loads(line)
             turns = rec["choices"][0]["turns"]
             qid = rec["question_id"]
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
         except (KeyError, IndexError, TypeError):
             raise ValueError(
                 f"{where}: needs `question_id` and `choices[0].turns` (FastChat's answer format)"
@@ -638,24 +616,15 @@ def bootstrap_ci(scores: list[float], *, rounds: int = 2000, seed: int = 0) -> l
 
 def load_questions(path: str | Path) -> list[dict[str, Any]]:
     """Read an MT-Bench-format jsonl file (`question_id`, `category`, `turns`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"question file {str(path)!r} does not exist")
     out, seen = [], set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+    for where, rec in read_jsonl_records(path, what="question file"):
         turns = rec.get("turns")
         if "question_id" not in rec or not isinstance(turns, list) or not turns:
-            raise ValueError(f"{path}:{n}: needs `question_id` and a non-empty list `turns`")
+            raise ValueError(f"{where}: needs `question_id` and a non-empty list `turns`")
         if not all(isinstance(t, str) and t.strip() for t in turns):
-            raise ValueError(f"{path}:{n}: every turn must be a non-empty string")
+            raise ValueError(f"{where}: every turn must be a non-empty string")
         if str(rec["question_id"]) in seen:
-            raise ValueError(f"{path}:{n}: question_id {rec['question_id']!r} repeats")
+            raise ValueError(f"{where}: question_id {rec['question_id']!r} repeats")
         seen.add(str(rec["question_id"]))
         out.append(rec)
     if not out:

@@ -70,6 +70,27 @@ def test_parse_jsonl_skips_what_is_not_an_object():
     assert store.parse_jsonl('{"a": 1}\n\n[1]\nnot json\n{"b": 2}') == [{"a": 1}, {"b": 2}]
 
 
+def test_read_jsonl_records_names_file_and_line(tmp_path):
+    path = tmp_path / "in.jsonl"
+    # a raw U+2028 inside a JSON string is valid JSON and no line end
+    path.write_text('{"a": 1}\n\n  \n{"b": "x\u2028y"}\n', encoding="utf-8")
+    got = list(store.read_jsonl_records(path, what="`--in`"))
+    assert got == [(f"`--in` {path}:1", {"a": 1}), (f"`--in` {path}:4", {"b": "x\u2028y"})]
+    bad = {
+        b'{"a": 1}\n[1]\n': "in.jsonl:2: a record must be a JSON object, not list",
+        b'{"a": 1}\n\n{"a": \n': "in.jsonl:3: not valid JSON (Expecting value)",
+        b"[" * 100_000: "in.jsonl:1: not valid JSON (nested too deeply)",
+        b'{"a": 1}\n{"b": "\xff"}\n': "in.jsonl:2: not UTF-8 text (invalid start byte)",
+    }
+    for data, message in bad.items():
+        path.write_bytes(data)
+        with pytest.raises(ValueError) as err:
+            list(store.read_jsonl_records(path, what="`--in`"))
+        assert str(err.value) == f"`--in` {tmp_path / message}"
+    with pytest.raises(ValueError, match=r"^`--in` '.*gone.jsonl' does not exist$"):
+        next(store.read_jsonl_records(tmp_path / "gone.jsonl", what="`--in`"))
+
+
 def _write_shard(path, table, *, stream=True):
     path.parent.mkdir(parents=True, exist_ok=True)
     new = pa.ipc.new_stream if stream else pa.ipc.new_file
