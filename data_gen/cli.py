@@ -242,7 +242,7 @@ def _export(args: argparse.Namespace) -> int:
     from data_gen.export import export_llamafactory
 
     try:
-        path = export_llamafactory(
+        made = export_llamafactory(
             args.src,
             args.out,
             name=args.name,
@@ -254,16 +254,13 @@ def _export(args: argparse.Namespace) -> int:
         print(f"nif export: {err}", file=sys.stderr)
         return 2
     print(
-        f"nif export: {path} (+ dataset_info.json entry {args.name!r}); "
+        f"nif export: {made.data_file} (+ dataset_info.json entry {args.name!r}); "
         "train it with LLaMA-Factory's `template: empty`"
     )
     if args.cutoff_len is not None:
-        import json
-
-        made = json.loads((path.parent / "dataset_info.json").read_text())[args.name]["nif"]
         print(
-            f"nif export: {made['rows_cut']} row(s) cut to {args.cutoff_len} tokens as `nif "
-            f"train` cuts them; {made['rows_cut_inexactly']} could not be cut exactly in text "
+            f"nif export: {made.rows_cut} row(s) cut to {args.cutoff_len} tokens as `nif "
+            f"train` cuts them; {made.rows_cut_inexactly} could not be cut exactly in text "
             "(left whole: LLaMA-Factory cuts those its own way)"
         )
     return 0

@@ -33,6 +33,7 @@ Files are written atomically (`store`), so the folder never holds a half-written
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_gen.shards import read_rows
@@ -43,6 +44,17 @@ FORMATS = ("llamafactory",)
 TEMPLATE = "empty"
 
 
+@dataclass(frozen=True)
+class Exported:
+    """What `export_llamafactory` wrote: the data file and, with `cutoff_len`, how many rows it
+    cut and how many of those it left whole (no text cut reads back exactly); both also in the
+    entry's `nif` key."""
+
+    data_file: Path
+    rows_cut: int = 0
+    rows_cut_inexactly: int = 0
+
+
 def export_llamafactory(
     src: str | Path,
     out: str | Path,
@@ -51,7 +63,7 @@ def export_llamafactory(
     tokenizer: str | None = None,
     eos_token: str | None = None,
     cutoff_len: int | None = None,
-) -> Path:
+) -> Exported:
     """Write `OUT/<name>.json` (alpaca records, each output ending with the EOS text) and add
     `<name>` to `OUT/dataset_info.json`; train it with LLaMA-Factory's `template: empty`.
     `cutoff_len` (needs `tokenizer`) cuts longer rows the way `nif train` does."""
@@ -100,7 +112,7 @@ def export_llamafactory(
     if cutoff_len is not None:
         info[name]["nif"].update(cut)
     write_json_atomic(info_path, info)
-    return data_file
+    return Exported(data_file, cut["rows_cut"], cut["rows_cut_inexactly"])
 
 
 def dataset_info_entry(file_name: str, eos_token: str, tokenizer: str | None) -> dict:

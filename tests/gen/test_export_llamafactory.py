@@ -78,10 +78,11 @@ def test_exported_rows_tokenized_as_the_empty_template_equal_ours(data, tiny, to
 @pytest.mark.parametrize("cutoff", [64, 128, 300])
 def test_a_cut_export_tokenizes_as_our_cut_examples(data, tiny, tok, tmp_path, cutoff):
     out = tmp_path / "lf"
-    export_llamafactory(data, out, tokenizer=str(tiny), cutoff_len=cutoff)
+    got = export_llamafactory(data, out, tokenizer=str(tiny), cutoff_len=cutoff)
     records = json.loads((out / "nif.json").read_text())
     made = json.loads((out / "dataset_info.json").read_text())["nif"]["nif"]
     assert made["rows_cut"] > 0 and made["cut_to"] == cutoff
+    assert (got.rows_cut, got.rows_cut_inexactly) == (made["rows_cut"], made["rows_cut_inexactly"])
     exact = 0
     for record, row in zip(records, read_rows(data), strict=True):
         source = tok.encode(record["instruction"], add_special_tokens=False)
@@ -92,6 +93,17 @@ def test_a_cut_export_tokenizes_as_our_cut_examples(data, tiny, tok, tmp_path, c
             assert len(source) + len(target) <= cutoff  # LLaMA-Factory cuts nothing more
     print(f"cutoff {cutoff}: {exact}/{ROWS} identical, {made['rows_cut_inexactly']} left whole")
     assert exact == ROWS - made["rows_cut_inexactly"] and exact >= ROWS - 4
+
+
+def test_nif_export_prints_the_cut_counts_it_recorded(data, tiny, tmp_path, capsys):
+    out = tmp_path / "lf"
+    argv = ["export", "llamafactory", str(data), str(out), "--tokenizer", str(tiny)]
+    assert nif([*argv, "--cutoff-len", "64"]) == 0
+    made = json.loads((out / "dataset_info.json").read_text())["nif"]["nif"]
+    assert made["rows_cut"] > 0
+    printed = capsys.readouterr().out.splitlines()[-1]
+    assert printed.startswith(f"nif export: {made['rows_cut']} row(s) cut to 64 tokens "), printed
+    assert f"; {made['rows_cut_inexactly']} could not be cut exactly" in printed
 
 
 def test_the_exports_budget_rule_is_nif_trains():
@@ -137,8 +149,9 @@ def test_the_export_refuses_to_guess_the_eos(data, tmp_path, capsys, extra, mess
 
 
 def test_an_explicit_eos_text_is_appended_and_recorded(data, tmp_path):
-    path = export_llamafactory(data, tmp_path / "lf", name="owt", eos_token="</s>")
-    records = json.loads(path.read_text())
+    made = export_llamafactory(data, tmp_path / "lf", name="owt", eos_token="</s>")
+    assert (made.rows_cut, made.rows_cut_inexactly) == (0, 0)
+    records = json.loads(made.data_file.read_text())
     assert [r["output"] for r in records] == [r["completion"] + "</s>" for r in read_rows(data)]
     info = json.loads((tmp_path / "lf" / "dataset_info.json").read_text())
     assert info["owt"]["formatting"] == "alpaca" and info["owt"]["nif"]["eos_in_output"] == "</s>"
@@ -189,12 +202,10 @@ def _llamafactory_samples(dataset_dir, tiny, cutoff: int, tmp_path):
 def test_llamafactorys_own_preprocessing_equals_ours(data, tiny, tok, tmp_path, cutoff, cut_here):
     pytest.importorskip("llamafactory")
     out = tmp_path / "lf"
-    export_llamafactory(data, out, tokenizer=str(tiny), cutoff_len=cutoff if cut_here else None)
-    inexact = 0
-    if cut_here:
-        inexact = json.loads((out / "dataset_info.json").read_text())["nif"]["nif"][
-            "rows_cut_inexactly"
-        ]
+    made = export_llamafactory(
+        data, out, tokenizer=str(tiny), cutoff_len=cutoff if cut_here else None
+    )
+    inexact = made.rows_cut_inexactly
     samples = _llamafactory_samples(out, tiny, cutoff, tmp_path)
     rows = read_rows(data)
     assert len(samples) == len(rows) == ROWS
