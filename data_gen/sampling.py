@@ -55,6 +55,8 @@ from data_gen.corpus import (
 PARALLEL_MIN_BYTES = 16 << 20
 # Progress is reported every this many records (per process).
 _TICK = 4096
+# How often (seconds) the parent, waiting for a message, checks that its workers still live.
+_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -249,12 +251,7 @@ def _read_in_processes(
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-    tasks, events = ctx.Queue(), ctx.Queue()
-    for payload in payloads:
-        tasks.put(payload)
-    for _ in range(workers):
-        tasks.put(None)
-    tasks.cancel_join_thread()  # units left unread when stopping early must not hold us up
+    tasks, events = _task_queue(ctx, payloads, workers), ctx.Queue()
     procs = [
         ctx.Process(target=_worker, args=(tasks, events, reading), daemon=True)
         for _ in range(workers)
@@ -265,19 +262,7 @@ def _read_in_processes(
             p.start()
         finished = 0
         while finished < workers:
-            try:
-                kind, payload = events.get(timeout=1.0)
-            except queue.Empty:
-                codes = [p.exitcode for p in procs]
-                dead = [code for code in codes if code not in (None, 0)]
-                if dead:
-                    raise RuntimeError(
-                        f"a sampling worker exited with code {dead[0]} (out of memory? its "
-                        "error, if any, is above); `--sample-workers 1` samples in this process"
-                    ) from None
-                if None not in codes:  # all ended, and a result never came
-                    raise RuntimeError("a sampling worker ended with no sample sent") from None
-                continue
+            kind, payload = _next_event(events, procs)
             if kind == "progress":
                 tick(payload)
             elif kind == "error":
@@ -296,6 +281,41 @@ def _read_in_processes(
         tasks.close()
         events.close()
     return sample, skipped
+
+
+def _task_queue(ctx, payloads: list[bytes], workers: int):
+    """Every unit, then one `None` per worker (its signal to send its sample back)."""
+    tasks = ctx.Queue()
+    for payload in payloads:
+        tasks.put(payload)
+    for _ in range(workers):
+        tasks.put(None)
+    tasks.cancel_join_thread()  # units left unread when stopping early must not hold us up
+    return tasks
+
+
+def _next_event(events, procs) -> tuple[str, object]:
+    """The next message of a worker, waiting as long as one is alive; raised instead: a worker
+    that died, or all of them ended with a result missing."""
+    while True:
+        try:
+            return events.get(timeout=_POLL_S)
+        except queue.Empty:
+            pass
+        if _all_ended(procs):
+            raise RuntimeError("a sampling worker ended with no sample sent")
+
+
+def _all_ended(procs) -> bool:
+    """Whether every worker has exited (with code 0); raised for one that exited otherwise."""
+    codes = [p.exitcode for p in procs]
+    dead = [code for code in codes if code not in (None, 0)]
+    if dead:
+        raise RuntimeError(
+            f"a sampling worker exited with code {dead[0]} (out of memory? its error, if any, "
+            "is above); `--sample-workers 1` samples in this process"
+        )
+    return None not in codes
 
 
 def _worker(tasks, events, reading: _Reading) -> None:
