@@ -57,6 +57,8 @@ PARALLEL_MIN_BYTES = 16 << 20
 _TICK = 4096
 # How often (seconds) the parent, waiting for a message, checks that its workers still live.
 _POLL_S = 1.0
+# Once every worker has ended, how long (seconds) the parent still waits for a message.
+_DRAIN_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,13 @@ def _next_event(events, procs) -> tuple[str, object]:
         except queue.Empty:
             pass
         if _all_ended(procs):
+            # A worker that exits with code 0 has flushed what it sent into the pipe (the
+            # queue's feeder thread is joined at exit), so a message that landed after the
+            # wait above timed out is readable now: only an empty pipe means one never came.
+            try:
+                return events.get(timeout=_DRAIN_S)
+            except queue.Empty:
+                pass
             raise RuntimeError("a sampling worker ended with no sample sent")
 
 

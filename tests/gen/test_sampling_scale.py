@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import queue
 import random
 import re
 import subprocess
@@ -342,6 +343,77 @@ def test_a_worker_error_is_raised_in_the_parent_naming_the_source():
     # A unit that cannot be sent to a process is read here instead (never dropped).
     units.append(corpus.Unit("hf", "a/b", dataset=(r for r in [{"text": _text(2)}])))
     assert sampling._pickled(units) is None
+
+
+class _Worker:
+    def __init__(self, exitcode: int | None = None) -> None:
+        self.exitcode = exitcode
+
+
+class _LateEvents:
+    """A result queue whose first wait times out just before the workers' last message lands
+    and they exit with code 0: the window between the parent's timeout and its exit-code check."""
+
+    def __init__(self, procs: list[_Worker], event: tuple) -> None:
+        self.procs, self.pending, self.waits = procs, [], 0
+        self.event = event
+
+    def get(self, timeout: float) -> tuple:
+        self.waits += 1
+        if self.waits == 1:  # the wait times out; then the message arrives, the workers exit
+            self.pending.append(self.event)
+            for p in self.procs:
+                p.exitcode = 0
+            raise queue.Empty
+        if self.pending:
+            return self.pending.pop()
+        raise queue.Empty
+
+
+def test_a_result_that_lands_as_the_wait_times_out_is_still_read(monkeypatch):
+    monkeypatch.setattr(sampling, "_POLL_S", 0.01)
+    procs = [_Worker(), _Worker()]
+    events = _LateEvents(procs, ("done", "the sample"))
+    assert sampling._next_event(events, procs) == ("done", "the sample")
+    # Nothing left to read once all ended: the result never came, and that is raised.
+    with pytest.raises(RuntimeError, match="ended with no sample sent"):
+        sampling._next_event(events, procs)
+    # A worker killed (out of memory) is named by its exit code, the others still running.
+    with pytest.raises(RuntimeError, match="exited with code -9"):
+        sampling._next_event(queue.Queue(), [_Worker(-9), _Worker()])
+
+
+class _FirstWaitTimesOut:
+    """A real result queue whose first wait is reported as timed out without reading."""
+
+    def __init__(self, events) -> None:
+        self.events, self.waits = events, 0
+
+    def get(self, timeout: float):
+        self.waits += 1
+        if self.waits == 1:
+            raise queue.Empty
+        return self.events.get(timeout=timeout)
+
+
+def test_a_worker_that_exited_has_its_result_in_the_pipe(monkeypatch):
+    """What the drain relies on: a real worker that exited with code 0 flushed its sample into
+    the queue's pipe before exiting, so the parent reads it after the exit."""
+    import multiprocessing
+
+    monkeypatch.setattr(sampling, "_POLL_S", 0.01)
+    ctx = multiprocessing.get_context("spawn")
+    tasks, events = ctx.Queue(), ctx.Queue()
+    tasks.put(None)  # no units: the worker sends its (empty) sample and exits
+    reading = sampling._Reading(5, 0, "text", None, 8)
+    proc = ctx.Process(target=sampling._worker, args=(tasks, events, reading), daemon=True)
+    proc.start()
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    kind, (sample, counts) = sampling._next_event(_FirstWaitTimesOut(events), [proc])
+    assert kind == "done" and sample.documents() == [] and counts == {}
+    tasks.close()
+    events.close()
 
 
 def test_an_unreadable_file_counts_once_however_many_ranges_fail(tmp_path, monkeypatch):
