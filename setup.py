@@ -37,9 +37,12 @@ setup(
         "tokenizers>=0.20",
         "safetensors>=0.4",
         "torchmetrics>=1.4",
-        # 3.9.x only: `nif kernels check` (kernels/aot.py) specialises launches with Triton's
-        # private binder (create_function_from_signature, JITFunction._pack_args); tested on 3.9.
-        "triton>=3.9,<3.10; platform_system == 'Linux'",
+        # 3.7-3.9: `nif kernels check` (kernels/aot.py) specialises launches with Triton's
+        # private binder (create_function_from_signature, JITFunction._pack_args); tested on
+        # 3.7.1 and 3.9.0. 3.7 must stay in: PyPI's (CUDA) torch 2.13.0 pins triton==3.7.1; a
+        # narrower range cannot be resolved with it in one install, and in two it swaps out the
+        # triton that torch was built for.
+        "triton>=3.7,<3.10; platform_system == 'Linux'",
         "aiohttp>=3.9",
         "datasets>=2.20",
         "pyarrow>=15",

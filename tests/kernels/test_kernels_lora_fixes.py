@@ -205,7 +205,7 @@ def test_fused_gemm_is_autotuned_with_one_config_under_the_interpreter():
     assert isinstance(tk._gemm_lora_tuned, triton.runtime.Autotuner)
     assert len(tk._gemm_lora_tuned.configs) == 1  # TRITON_INTERPRET=1 in the tests
     sizes = {(c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]) for c in tk.GEMM_CONFIGS}
-    assert len(tk.GEMM_CONFIGS) > 4 and {64, 128, 256} <= {s for bs in sizes for s in bs[:2]}
+    assert len(tk.GEMM_CONFIGS) >= 4 and {64, 128} <= {s for bs in sizes for s in bs[:2]}
     assert {c.kwargs["GROUP_M"] for c in tk.GEMM_CONFIGS} == {8}
 
 
