@@ -172,11 +172,16 @@ def _setup_context(ctx, inputs, output):
     ctx.args = (scaling, dropout_p, seed, backend)
 
 
-def _backward(ctx, dy, dt):
+def _grads(bwd, ctx, dy):
+    """The backward through `bwd` (the custom op `_lora_bwd`, or its body `_bwd` in eager mode):
+    grads for (x, weight, bias, lora_a, lora_b, scaling, dropout_p, seed, backend)."""
     x, t, weight, lora_a, lora_b = ctx.saved_tensors
-    dx, da, db = _lora_bwd(dy, x, t, weight, lora_a, lora_b, *ctx.args)
-    # Grads for (x, weight, bias, lora_a, lora_b, scaling, dropout_p, seed, backend).
+    dx, da, db = bwd(dy, x, t, weight, lora_a, lora_b, *ctx.args)
     return dx, None, None, da.to(lora_a.dtype), db.to(lora_b.dtype), None, None, None, None
+
+
+def _backward(ctx, dy, dt):
+    return _grads(_lora_bwd, ctx, dy)
 
 
 _lora_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -197,10 +202,8 @@ class _LoraFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, t, weight, lora_a, lora_b = ctx.saved_tensors
         with torch.autograd.profiler.record_function("nif::lora_bwd"):
-            dx, da, db = _bwd(dy, x, t, weight, lora_a, lora_b, *ctx.args)
-        return dx, None, None, da.to(lora_a.dtype), db.to(lora_b.dtype), None, None, None, None
+            return _grads(_bwd, ctx, dy)
 
 
 # ---- the public function ----
