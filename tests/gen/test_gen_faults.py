@@ -133,14 +133,7 @@ def test_api_key_is_sent_but_never_written_or_printed(tmp_path, monkeypatch, cap
 
 
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
-    server = subprocess.Popen(
-        [sys.executable, fake_provider.__file__, "--port", "0", "--latency", "0.05"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = server.stdout.readline().strip()
-        assert url.startswith("http://")
+    with fake_provider.spawn("--latency", "0.05") as url:
         out = tmp_path / "o"
         argv = [
             sys.executable,
@@ -179,9 +172,6 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert f"({80 - partial} new this run)" in done.stdout
-    finally:
-        server.kill()
-        server.wait()
     _assert_exactly_once(out, 80)
     assert not list((out / "shards").glob(".*.tmp"))
 

@@ -68,13 +68,7 @@ def test_a_run_that_finished_between_the_check_and_the_lock_is_not_mixed_into(
 def test_a_second_gen_while_the_first_holds_the_lock_exits_2(tmp_path):
     # 12 documents, 2 at a time, 1 s each: the first run holds the lock ~6 s, longer than the
     # second process takes to start and import (at 0.05 s it could finish first: a flaky test).
-    server = subprocess.Popen(
-        [sys.executable, fake_provider.__file__, "--port", "0", "--latency", "1.0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = server.stdout.readline().strip()
+    with fake_provider.spawn("--latency", "1.0") as url:
         out = tmp_path / "o"
         teacher = ["--teacher", "openai", "--model", "m", "--base-url", url, "--concurrency", "2"]
 
@@ -91,9 +85,6 @@ def test_a_second_gen_while_the_first_holds_the_lock_exits_2(tmp_path):
         (out / "manifest.json").unlink()
         second = subprocess.run(argv("2") + teacher, capture_output=True, text=True, timeout=60)
         assert first.wait(timeout=60) == 0, first.stderr.read()
-    finally:
-        server.kill()
-        server.wait()
     assert second.returncode == 2, second.stderr
     assert "another process" in second.stderr and "Traceback" not in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
@@ -190,13 +181,7 @@ def test_readers_name_a_damaged_shard(tmp_path, capsys, cut):
 
 
 def test_sigterm_keeps_finished_rows_and_the_rerun_completes_exactly_once(tmp_path):
-    server = subprocess.Popen(
-        [sys.executable, fake_provider.__file__, "--port", "0", "--latency", "0.05"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        url = server.stdout.readline().strip()
+    with fake_provider.spawn("--latency", "0.05") as url:
         out = tmp_path / "o"
         argv = [sys.executable, "-m", "nif_lightning.cli", "gen", "--corpus", "builtin"]
         argv += ["--num-docs", "80", "--out", str(out), "--teacher", "openai", "--model", "m"]
@@ -216,9 +201,6 @@ def test_sigterm_keeps_finished_rows_and_the_rerun_completes_exactly_once(tmp_pa
         assert manifest["counts"]["done"] == partial and manifest["status"] == "stopped"
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-    finally:
-        server.kill()
-        server.wait()
     ids = _ids(out)
     assert len(ids) == 80 and set(ids.values()) == {1}
 

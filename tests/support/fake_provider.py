@@ -66,6 +66,8 @@ or in the caller's own event loop (`async with FakeTeacherServer() as server:`),
 process that a test can keep alive while it SIGKILLs the generator:
 
     python tests/support/fake_provider.py --port 0 --latency 0.05   # prints the URL when ready
+
+which `spawn` starts for a test (`with spawn("--latency", "0.05") as url:`).
 """
 
 from __future__ import annotations
@@ -77,11 +79,14 @@ import hashlib
 import json
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 FAULTS = ("429", "500", "503", "529", "drop", "slow", "malformed")  # a client retries these
 FATAL_FAULTS = ("400", "401")  # context too long; rejected key
@@ -579,6 +584,28 @@ def _error(fmt: str, status: int, kind: str, message: str, headers: dict | None 
     else:
         body = {"error": {"type": kind, "code": kind, "message": message}}
     return web.json_response(body, status=status, headers=headers or {})
+
+
+@contextlib.contextmanager
+def spawn(*flags: str, cwd: str | Path | None = None) -> Iterator[str]:
+    """This script as a separate process (`--port 0` and `flags`, run in `cwd`): yields the URL
+    it prints when ready, and kills it on exit. For a server that must outlive what a test
+    kills, or that is not in the test's process."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"the fake provider did not start (it printed {url!r})")
+        yield url
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
 
 
 def main(argv: list[str] | None = None) -> None:

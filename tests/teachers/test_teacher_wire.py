@@ -102,17 +102,8 @@ def test_teacher_name_and_use_outside_context():
 
 
 def test_fake_provider_script_prints_its_url_and_serves(tmp_path):
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen(  # a script path, run from an unrelated folder
-        [sys.executable, fake_provider.__file__, "--port", "0", "--length-every", "1"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        url = proc.stdout.readline().strip()
+    # The script by its path, run from an unrelated folder.
+    with fake_provider.spawn("--length-every", "1", cwd=tmp_path) as url:
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
         cfg = TeacherConfig(kind="openai", model="m", base_urls=(url,))
 
@@ -122,9 +113,6 @@ def test_fake_provider_script_prints_its_url_and_serves(tmp_path):
 
         c = asyncio.run(run())
         assert c.text == reply_for("hello there") and c.finish_reason == "length"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_fake_provider_rejects_unknown_fault_kinds():
