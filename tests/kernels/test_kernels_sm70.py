@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 
 import pytest
 import torch
@@ -41,51 +40,28 @@ def _launch_of_ds_db(r: int) -> tuple[tuple, dict]:
     return seen["args"], seen["kwargs"]
 
 
-def _signature(fn, args: tuple, consts: dict) -> tuple[dict, dict, dict]:
-    """Specialise as the JIT does on a GPU: ints equal to 1 become constexpr, pointers and ints
-    divisible by 16 get tt.divisibility=16."""
-    types = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
-    sig, cx, attrs = {}, dict(consts), {}
-    for i, (name, v) in enumerate(zip(fn.arg_names, args, strict=False)):
-        if isinstance(v, int) and v == 1:
-            sig[name], cx[name] = "constexpr", 1
-            continue
-        sig[name] = (
-            types[v.dtype]
-            if isinstance(v, torch.Tensor)
-            else ("fp32" if isinstance(v, float) else "i32")
-        )
-        if isinstance(v, torch.Tensor) or (isinstance(v, int) and v % 16 == 0):
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    sig.update({name: "constexpr" for name in consts})
-    return sig, cx, attrs
-
-
 def _compile_sm70(r: int) -> dict:
-    """regs and spill-store bytes of `_ds_db` compiled for sm_70 (ptxas -v)."""
+    """regs and spill-store bytes of `_ds_db` compiled for sm_70 (ptxas -v), specialised and
+    measured as `nif kernels check` does (kernels/aot.py: Triton's binder, Triton's ptxas flags)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
 
+    from kernels import aot
     from kernels import triton_lora as tk
 
     args, kwargs = _launch_of_ds_db(r)
-    options = {"num_warps": kwargs.pop("num_warps", 4), "num_stages": kwargs.pop("num_stages", 3)}
-    src = ASTSource(tk._ds_db, *_signature(tk._ds_db, args, kwargs))
-    ptx = triton.compile(src, target=GPUTarget("cuda", 70, 32), options=options).asm["ptx"]
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "k.ptx")
-        with open(path, "w") as f:
-            f.write(ptx)
-        cmd = [get_ptxas(70).path, "-v", "--gpu-name=sm_70", "-o", path + ".o", path]
-        log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+    spec = aot._specialise(tk._ds_db, 70, args, kwargs)
+    src = ASTSource(tk._ds_db, spec["signature"], spec["constexprs"], spec["attrs"])
+    target = GPUTarget("cuda", 70, 32)
+    ptx = triton.compile(src, target=target, options=spec["options"]).asm["ptx"]
+    regs, spills = aot._ptxas_report(aot._ptxas_v(ptx, 70))
     return {
-        "regs": int(re.search(r"Used (\d+) registers", log).group(1)),
-        "spills": int(re.search(r"(\d+) bytes spill stores", log).group(1)),
+        "regs": regs,
+        "spills": spills,
         "fma": len(re.findall(r"\bfma\.rn\.f32", ptx)),
         "BR": kwargs["BR"],
-        "num_warps": options["num_warps"],
+        "num_warps": spec["options"]["num_warps"],
     }
 
 
