@@ -40,8 +40,8 @@ applied to every route, or only to paths matching the regex `hostile_paths`:
                                  batch results (the server ignored max_tokens)
     results_base="http://h:p/v1" Anthropic batches name their results_url on that root (a
                                  client must not send its key to another origin)
-Every request received, on any route, hostile or not, is appended to `log` as (method, path):
-a second server made only to be redirected to can assert that it received nothing.
+Every request received, on any route, hostile or not, is appended to `log` as (method,
+path?query): a second server made only to be redirected to can assert that it received nothing.
 
 Batch APIs (`nif gen --batch`): OpenAI's `POST /v1/files`, `POST /v1/batches`,
 `GET /v1/batches/{id}`, `GET /v1/files/{id}/content`, and Anthropic's `POST /v1/messages/batches`,
@@ -152,7 +152,7 @@ class FakeTeacherServer:
         self.bodies: deque[dict] = deque(maxlen=_KEEP_BODIES)
         self.headers_seen: deque[dict[str, str]] = deque(maxlen=_KEEP_BODIES)
         self.auth_seen: set[str | None] = set()
-        self.log: list[tuple[str, str]] = []  # (method, path) of every request, any route
+        self.log: list[tuple[str, str]] = []  # (method, path?query) of every request
         self._seen: Counter = Counter()
         self._replies = 0  # successful replies sent
         self._next_fault = 0
@@ -200,7 +200,7 @@ class FakeTeacherServer:
         from aiohttp import web
 
         with self._lock:
-            self.log.append((request.method, request.path))
+            self.log.append((request.method, request.path_qs))
         hostile = self.hostile_paths is None or re.search(self.hostile_paths, request.path)
         if not hostile:
             return await handler(request)

@@ -241,7 +241,8 @@ def test_a_query_key_in_the_base_url_goes_with_every_request():
             return server, done
 
     server, done = asyncio.run(run())
-    assert done.text == reply_for("Once upon") and server.log == [("POST", "/v1/messages")]
+    assert done.text == reply_for("Once upon")
+    assert server.log == [("POST", "/v1/messages?key=SECRETQ")]  # below the root, query kept
 
 
 def test_an_unreachable_server_with_credentials_is_named_without_them():
