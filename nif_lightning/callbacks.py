@@ -27,6 +27,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.distributed import ReduceOp
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nif_lightning.merge import merge_adapter, swap_in
 
@@ -69,10 +70,11 @@ class LastCheckpoint(L.Callback):
         self._sigterm = False
         self._saved_step = -1
         self._last_save = time.monotonic()
-        self._seen_step = 0
+        self._step_ends = _StepEnds()
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._saved_step = self._seen_step = trainer.global_step  # a resumed run's is on disk
+        self._saved_step = trainer.global_step  # a resumed run's is on disk
+        self._step_ends.start(trainer)
         self._last_save = time.monotonic()
 
     def save(self, trainer: L.Trainer) -> None:
@@ -92,9 +94,7 @@ class LastCheckpoint(L.Callback):
         if connector.received_sigterm:
             connector.received_sigterm = False  # ours to act on at the step boundary
             self._sigterm = True
-        stepped = trainer.global_step != self._seen_step
-        self._seen_step = trainer.global_step
-        if not stepped:
+        if not self._step_ends(trainer):
             return  # inside an accumulation
         due = time.monotonic() - self._last_save >= self.every_seconds
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
@@ -107,8 +107,6 @@ class LastCheckpoint(L.Callback):
         if sigterm:
             self.save(trainer)
             self.terminated = True
-            from lightning.pytorch.utilities.exceptions import SIGTERMException
-
             raise SIGTERMException(143)
         if due:
             self.save(trainer)
@@ -121,8 +119,6 @@ class LastCheckpoint(L.Callback):
         self.save(trainer)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
         if isinstance(exception, SIGTERMException) and not self.terminated:
             # Lightning stopped the run itself (SIGTERM during validation, say). One rank can
             # save alone; several may have stopped at different points, where a collective save
