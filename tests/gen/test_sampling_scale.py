@@ -142,10 +142,19 @@ def _write_shuffled_and_split(folder: Path, records: list[dict], seed: int) -> P
     return folder
 
 
-def _parallel(monkeypatch) -> None:
-    """Several units even for a small corpus, and processes for any size."""
+def _parallel(monkeypatch) -> list[int]:
+    """Several units even for a small corpus, and processes for any size; the worker counts of
+    the process reads made (a read that quietly stays in this process appends nothing)."""
     monkeypatch.setattr(corpus, "CHUNK_BYTES", 4096)
     monkeypatch.setattr(sampling, "PARALLEL_MIN_BYTES", 0)
+    real, workers = sampling._read_in_processes, []
+
+    def counted(payloads, reading, n, tick):
+        workers.append(n)
+        return real(payloads, reading, n, tick)
+
+    monkeypatch.setattr(sampling, "_read_in_processes", counted)
+    return workers
 
 
 def test_the_sample_is_the_same_for_a_shuffled_resplit_corpus_and_any_workers(
@@ -162,11 +171,12 @@ def test_the_sample_is_the_same_for_a_shuffled_resplit_corpus_and_any_workers(
         assert sample_corpus(str(split), 100, 5, **kw) == (expected, skipped)
     assert sample_corpus(str(one), 100, 6, **kw)[0] != expected  # the seed matters
     # Read in 4 KiB ranges by two processes, the single file and the split folder agree.
-    _parallel(monkeypatch)
+    processes = _parallel(monkeypatch)
     assert len(plan_units(str(one))) > 10
     assert sample_corpus(str(one), 100, 5, workers=2, **kw) == (expected, skipped)
     split = tmp_path / "split1"
     assert sample_corpus(str(split), 100, 5, workers=3, **kw) == (expected, skipped)
+    assert processes == [2, 3]
     # Without `--num-docs`: every document once, in the same (key) order.
     everything, _ = sample_corpus(str(split), None, 5, **kw)
     assert everything[:100] == expected and len(everything) == 1500
@@ -189,8 +199,9 @@ def test_a_record_repeated_across_files_is_sampled_once_and_counted_as_a_duplica
     assert len(ids) == 20 == len(set(ids)) and corpus.text_id(first["text"]) in ids
     # The three extra copies of the sampled one; `last`'s copy is not sampled, not counted.
     assert skipped == {"duplicate": 3}
-    _parallel(monkeypatch)
+    processes = _parallel(monkeypatch)
     assert sample_corpus(str(folder), 20, 3, workers=2) == (docs, skipped)
+    assert processes == [2]
     everything, skipped = sample_corpus(str(folder), None, 3)  # all sampled: all repeats count
     assert len(everything) == 400 and skipped == {"duplicate": 4}
 
