@@ -130,12 +130,16 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, dotted_given(args, TrainConfig))
     problems = check_train_inputs(cfg, flags=True)
+    from nif_lightning.recipes.train import checkpoint_to_resume, run_training
+
     out = Path(cfg.out)
-    if args.resume and not (out / "checkpoints" / "last.ckpt").exists():  # DeepSpeed: a folder
-        problems.append(f"`--resume`: no {out / 'checkpoints' / 'last.ckpt'}")
+    if args.resume and checkpoint_to_resume(out, resume=True) is None:  # what training would use
+        problems.append(
+            f"`--resume`: no checkpoint to continue in {out} (checkpoints/last.ckpt or a SLURM "
+            "hpc_ckpt_*.ckpt)"
+        )
     if problems:
         raise ConfigError(problems, source="")
-    from nif_lightning.recipes.train import run_training
 
     out = run_training(cfg, resume=args.resume, force=args.force)
     print(f"adapter: {out / 'adapter'}\nmerged model: {out / 'merged'}")

@@ -8,6 +8,7 @@ Runs use the tiny model on CPU through `run_training` (or a real `nif` process f
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_gen.schema import ConfigError
 from nif_lightning.config import check_train_inputs, train_config
 
 
@@ -141,6 +143,26 @@ def test_slurm_requeue_resumes_from_the_newest_checkpoint(tmp_path, monkeypatch)
     os.utime(ckpts / "last.ckpt", (1, 1))
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # a requeued job re-runs the same command
     assert checkpoint_to_resume(tmp_path, resume=False) == hpc
+
+
+def test_resume_accepts_what_training_would_resume_from(tmp_path, data_dir, tiny, monkeypatch):
+    """`nif train --resume` checks for the checkpoint `run_training` would pick (last.ckpt or a
+    SLURM hpc_ckpt), not for last.ckpt alone."""
+    from nif_lightning import cli_train
+    from nif_lightning.recipes import train as recipe
+
+    started = []
+    monkeypatch.setattr(recipe, "run_training", lambda cfg, **kw: started.append(kw) or tmp_path)
+    parser = argparse.ArgumentParser(prog="nif")
+    cli_train.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "out"
+    argv = ["train", "--model", str(tiny), "--data", str(data_dir), "--out", str(out), "--resume"]
+    args = parser.parse_args(argv)
+    with pytest.raises(ConfigError, match="no checkpoint to continue"):
+        args.func(args)  # nothing to resume
+    out.mkdir()
+    (out / "hpc_ckpt_3.ckpt").write_bytes(b"x")
+    assert args.func(args) == 0 and started == [{"resume": True, "force": False}]
 
 
 def test_merged_is_replaced_only_when_complete(tmp_path, tiny, monkeypatch):
