@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -83,29 +84,45 @@ def move_aside(path: Path, folder: Path) -> Path:
 
 
 class DirLock:
-    """An exclusive `flock` on `DIR/.lock`; released by the kernel if the process dies."""
+    """An exclusive `flock` on `DIR/<name>` that names its holder (pid@host) in the file;
+    released by the kernel if the process dies, so a killed run never blocks the next. On network
+    filesystems `flock` is as good as the filesystem's locking. Subclasses name their file and
+    say what a busy folder means (`busy`)."""
 
-    def __init__(self, out_dir: Path) -> None:
-        self.path = out_dir / ".lock"
+    name = ".lock"
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.path = Path(out_dir) / self.name
         self._fd: int | None = None
+
+    def busy(self, holder: str) -> Exception:
+        """The error when another process holds the lock (`holder`: its note, or '')."""
+        who = f"another process ({holder})" if holder else "another process"
+        return FolderError(
+            f"{self.path.parent} is being written by {who}, which holds {self.path}; wait for "
+            "it to finish, or use another folder"
+        )
 
     def __enter__(self) -> DirLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self._fd)
-            raise FolderError(
-                f"{self.path.parent} is being written by another process (it holds "
-                f"{self.path}); wait for it to finish, or use another folder"
-            ) from None
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise self.busy(holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}@{socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
         return self
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
+            self._fd = None
 
 
 class ShardWriter:

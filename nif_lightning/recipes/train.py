@@ -21,14 +21,13 @@ which the run exits with `TrainingTerminated` (code 143, like a process killed b
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 from data_gen.schema import ConfigError
+from data_gen.shards import DirLock
 from data_gen.store import FolderError
 from nif_lightning.config import TrainConfig
 from nif_lightning.memory import PlanError  # memory.py imports torch only inside functions
@@ -55,41 +54,21 @@ class TrainingTerminated(SystemExit):
         return self.message
 
 
-class TrainLock:
-    """An exclusive `flock` on `OUT/.train.lock` that names its holder (pid@host) in the file.
+class TrainLock(DirLock):
+    """`OUT/.train.lock`: one training run per OUT (`DirLock`, which names its holder).
 
     Taken by global rank 0 only: the ranks Lightning launches (and those of other nodes) are the
-    same run. The kernel releases it when the holder dies, so a killed run never blocks the next.
-    On network filesystems `flock` is as good as the filesystem's locking.
+    same run.
     """
 
-    def __init__(self, out: str | Path) -> None:
-        self.path = Path(out) / ".train.lock"
-        self._fd: int | None = None
+    name = ".train.lock"
 
-    def __enter__(self) -> TrainLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise OutputFolderInUse(
-                f"{self.path.parent} is being trained into by {holder} (lock {self.path}); "
-                "wait for it to finish or choose another `--out`"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}@{socket.gethostname()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+    def busy(self, holder: str) -> Exception:
+        return OutputFolderInUse(
+            f"{self.path.parent} is being trained into by {holder or 'another process'} "
+            f"(lock {self.path}); "
+            "wait for it to finish or choose another `--out`"
+        )
 
 
 def _default_sigterm():
