@@ -21,8 +21,8 @@ that appends its own).
 Truncation: rows within LLaMA-Factory's `cutoff_len` are identical to ours. Longer rows would
 be cut by LLaMA-Factory 0.9.5's `infer_seqlen`, which shares the budget between prompt and
 completion differently from the paper's 0.5.2 rule that `nif train` keeps. With `--cutoff-len N`
-(and `--tokenizer`) the export cuts such rows itself, by our rule (`split_budget`, the same as
-`nif_lightning.packing.split_budget`), into text that tokenizes back to exactly the kept tokens;
+(and `--tokenizer`) the export cuts such rows itself, by our rule (`split_budget`, which
+`nif_lightning.packing` trains with), into text that tokenizes back to exactly the kept tokens;
 trained with LLaMA-Factory's `cutoff_len` >= N, every row is then the sequence `nif train`
 builds with `cutoff_len` N. A cut that does not read back exactly (inside a character, or a
 merge across the cut) is left to LLaMA-Factory and counted in the entry's `nif` key.
@@ -169,9 +169,8 @@ def eos_text_of(tok, tokenizer: str, completions: list[str]) -> str:
 
 def split_budget(prompt_len: int, response_len: int, cutoff_len: int) -> tuple[int, int]:
     """Token budgets (prompt, response) of an example longer than `cutoff_len`, shared in
-    proportion to the two lengths, each at least 1: the rule of `nif train` (the paper's
-    LLaMA-Factory 0.5.2), kept equal to `nif_lightning.packing.split_budget` by a test (data_gen
-    does not import nif_lightning)."""
+    proportion to the two lengths (as LLaMA-Factory's `infer_max_len`), each at least 1: the rule
+    of the paper's LLaMA-Factory 0.5.2, which `nif train` (`nif_lightning.packing`) uses too."""
     if prompt_len + response_len <= cutoff_len:
         return prompt_len, response_len
     response_max = int(cutoff_len * response_len / (prompt_len + response_len))

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+# The truncation rule (the paper's LLaMA-Factory 0.5.2), shared with `nif export llamafactory`.
+from data_gen.export import split_budget
+
 IGNORE = -100
 
 
@@ -45,16 +48,6 @@ class TokenizedExample:
         labels = self.input_ids.long()  # a copy
         labels[: self.prompt_len] = IGNORE
         return labels
-
-
-def split_budget(prompt_len: int, response_len: int, cutoff_len: int) -> tuple[int, int]:
-    """Token budgets (prompt, response) for an example longer than `cutoff_len`, shared in
-    proportion to the two lengths (as LLaMA-Factory's `infer_max_len`), each at least 1."""
-    if prompt_len + response_len <= cutoff_len:
-        return prompt_len, response_len
-    response_max = int(cutoff_len * response_len / (prompt_len + response_len))
-    response_max = min(max(response_max, 1), cutoff_len - 1)
-    return cutoff_len - min(response_max, response_len), response_max
 
 
 def tokenize_vanilla(

@@ -25,11 +25,10 @@ import json
 
 import pytest
 
-from data_gen.export import export_llamafactory, split_budget
+from data_gen.export import export_llamafactory
 from data_gen.generate import GenConfig, generate
 from data_gen.shards import read_rows
 from nif_lightning.cli import main as nif
-from nif_lightning.packing import split_budget as train_split_budget
 from nif_lightning.packing import tokenize_vanilla
 
 ROWS = 64
@@ -104,13 +103,6 @@ def test_nif_export_prints_the_cut_counts_it_recorded(data, tiny, tmp_path, caps
     printed = capsys.readouterr().out.splitlines()[-1]
     assert printed.startswith(f"nif export: {made['rows_cut']} row(s) cut to 64 tokens "), printed
     assert f"; {made['rows_cut_inexactly']} could not be cut exactly" in printed
-
-
-def test_the_exports_budget_rule_is_nif_trains():
-    for p in range(1, 60):
-        for r in range(1, 60):
-            for cutoff in (2, 3, 7, 16, 50, 64):
-                assert split_budget(p, r, cutoff) == train_split_budget(p, r, cutoff)
 
 
 def test_without_the_eos_the_empty_template_would_not_match(data, tok, tmp_path):
