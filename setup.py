@@ -14,13 +14,18 @@ setup(
     long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # `kernels/` ships as `nif_lightning.kernels` (nif_lightning/kernels is a link to it): the
-    # top-level import name `kernels` is Hugging Face's, which transformers probes.
     # Namespace packages, so the data folders (configs, model_shapes, evaluation/data) are packages
     # too: otherwise setuptools warns on every install about data outside declared packages.
-    packages=find_namespace_packages(
-        include=["nif_lightning*", "data_gen*"], exclude=["*.__pycache__"]
-    ),
+    # The kernels live in `kernels/nif_kernels/`: the folder `kernels/` itself must not be a
+    # package, since the import name `kernels` is Hugging Face's (transformers imports it) and the
+    # checkout root is on sys.path under `python -m pytest`.
+    packages=[
+        *find_namespace_packages(
+            include=["nif_lightning*", "data_gen*"], exclude=["*.__pycache__"]
+        ),
+        "nif_kernels",
+    ],
+    package_dir={"nif_kernels": "kernels/nif_kernels"},
     include_package_data=True,
     package_data={
         # lm-eval-demo: stand-in leaderboard tasks (YAML, loader, documents), `--include-path demo`
@@ -37,7 +42,7 @@ setup(
         "tokenizers>=0.20",
         "safetensors>=0.4",
         "torchmetrics>=1.4",
-        # 3.7-3.9: `nif kernels check` (kernels/aot.py) specialises launches with Triton's
+        # 3.7-3.9: `nif kernels check` (nif_kernels/aot.py) specialises launches with Triton's
         # private binder (create_function_from_signature, JITFunction._pack_args); tested on
         # 3.7.1 and 3.9.0. 3.7 must stay in: PyPI's (CUDA) torch 2.13.0 pins triton==3.7.1; a
         # narrower range cannot be resolved with it in one install, and in two it swaps out the
@@ -61,6 +66,9 @@ setup(
             # the LightningCLI and logger tests (tests/train/test_lightning_cli.py, test_loggers.py)
             "jsonargparse[signatures]>=4.27.7",
             "tensorboard>=2.9",
+            # Hugging Face's `kernels` (transformers 5.x requires it too): the import-name tests
+            # check that the checkout root never shadows it.
+            "kernels",
         ],
         # `LightningCLI(NifLoraModule, NifDataModule)`: Lightning's CLI needs jsonargparse.
         "cli": ["jsonargparse[signatures]>=4.27.7"],

@@ -72,7 +72,7 @@ MODELS = {"peft": "peft", "unfused": "peft", "ours": "ours", "fused": "fused"}
 
 
 def _variants(layer, backend, device):
-    from nif_lightning.kernels import lora_linear
+    from nif_kernels import lora_linear
 
     W = layer.base_layer.weight
     A, B = layer.lora_A["default"].weight, layer.lora_B["default"].weight

@@ -1,6 +1,6 @@
 """`nif kernels check`: compile every Triton launch of the LoRA op for real GPUs, on this machine.
 
-A thin handler: parse, call `nif_lightning.kernels.aot.check`, print a table or JSON. No GPU is
+A thin handler: parse, call `nif_kernels.aot.check`, print a table or JSON. No GPU is
 needed (Triton's bundled ptxas compiles for any target), so CI runs it and a user can run it for
 their own GPU before a long job.
 """
@@ -63,7 +63,7 @@ def register(subparsers) -> None:
 
 
 def _parse_archs(text: str) -> tuple[int, ...]:
-    from nif_lightning.kernels.aot import SMEM_LIMITS
+    from nif_kernels.aot import SMEM_LIMITS
 
     try:
         archs = tuple(int(part) for part in text.split(",") if part.strip())
@@ -78,7 +78,7 @@ def _parse_archs(text: str) -> tuple[int, ...]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from nif_lightning.kernels import aot
+    from nif_kernels import aot
 
     try:
         archs = _parse_archs(args.arch)
@@ -114,7 +114,7 @@ def _check(args: argparse.Namespace) -> int:
 def _save(folder: Path, report, archs, rows_json: str, summary: str) -> None:
     """kernels_check.json (the rows) and kernels_check.md (table, verdict), written atomically."""
     from data_gen.store import write_text_atomic
-    from nif_lightning.kernels import aot
+    from nif_kernels import aot
 
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "kernels_check.json", rows_json + "\n")

@@ -210,8 +210,8 @@ def probe_model(
     from peft import get_peft_model
     from transformers import AttentionInterface, AutoModelForCausalLM
 
+    from nif_kernels import use_fused_lora
     from nif_lightning.attention import use_packed_attention
-    from nif_lightning.kernels import use_fused_lora
     from nif_lightning.module import enable_checkpointing
 
     cfg = copy.deepcopy(config)

@@ -131,7 +131,7 @@ class NifLoraModule(L.LightningModule):
         # machine) falls back, with a warning saying how to fix it; any other failure raises:
         # a broken kernel package must not silently turn into PEFT's slower forward.
         if self.fused_lora and _triton_usable():
-            from nif_lightning.kernels import use_fused_lora
+            from nif_kernels import use_fused_lora
 
             log.info("fused LoRA kernel on %d layers", use_fused_lora(model))
         if self.packed_attention:

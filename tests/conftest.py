@@ -4,7 +4,7 @@ import torch
 
 # Without a GPU the Triton kernels run under Triton's interpreter (numpy on the CPU). The
 # variable is read when a `@triton.jit` function is defined, so it must be set before any test
-# module imports `nif_lightning.kernels`.
+# module imports `nif_kernels`.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -8,6 +8,6 @@
 
 Everything a recipe calls is library: `nif_lightning.{config, data, packing, module, loss,
 strategy, loading, memory, merge, preview, report}`, `nif_lightning.evaluation`, the kernels
-(`nif_lightning.kernels`), and `data_gen` (corpus, sampling, the LLM clients, the run folder).
+(`nif_kernels`), and `data_gen` (corpus, sampling, the LLM clients, the run folder).
 A recipe holds no reusable logic of its own: what two recipes need lives in the library.
 """

@@ -10,9 +10,9 @@ from multiprocessing import get_context
 
 import pytest
 
+from nif_kernels import aot
+from nif_kernels import triton_lora as tk
 from nif_lightning.cli import main
-from nif_lightning.kernels import aot
-from nif_lightning.kernels import triton_lora as tk
 
 _KEYS = {
     "kernel",

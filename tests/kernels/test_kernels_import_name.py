@@ -1,14 +1,17 @@
-"""The import name `kernels` is Hugging Face's: transformers probes it on every model import
-(`is_kernels_available`, then `from kernels import CUDAProperties, ...` in `hub_kernels`). Ours
-is installed as `nif_lightning.kernels` only, so with HF's package on the path transformers gets
-HF's and training still gets our fused LoRA path, and no metadata of ours claims the name.
+"""The import name `kernels` is Hugging Face's: transformers (5.x requires the distribution)
+imports it on every model import (`from kernels import CUDAProperties, ...` in `hub_kernels`).
+Ours is `nif_kernels`, in `kernels/nif_kernels/`; the folder `kernels/` has no `__init__.py`, so
+from the checkout root (first on sys.path under `python -m pytest` and `python -c`) it is at most
+a namespace portion, which any installed `kernels` package outranks.
 
-Each check runs in a fresh interpreter: transformers caches what it found at first import."""
+Each check runs in a fresh interpreter from the checkout root: transformers caches what it found
+at first import, and the root on sys.path is the case that broke (`ImportError: cannot import name
+'CUDAProperties' from 'kernels' (<checkout>/kernels/__init__.py)`)."""
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -19,17 +22,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-KERNELS_VERSION = "0.18.2"  # transformers' KERNELS_MIN_VERSION: the oldest it accepts
 
-_WITH_STAND_IN = """
-import json, sys
-import kernels
+_FROM_THE_ROOT = """
+import importlib.util, json, sys
 from transformers import LlamaForCausalLM  # noqa: F401  (runs the hub-kernels probe)
 from transformers.utils.import_utils import is_kernels_available
-
-import nif_lightning.kernels as ours
-from nif_lightning.kernels import peft_patch
+import kernels
+import nif_lightning
+import nif_kernels
+from nif_kernels import peft_patch
 from nif_lightning.module import NifLoraModule
+
+try:
+    import kernels.nif_kernels  # noqa: F401
+    second_name = True
+except ImportError:
+    second_name = False
 
 calls = []
 real = peft_patch.lora_linear
@@ -51,9 +59,14 @@ loss, _, _ = module.lm_loss(inputs)
 loss.backward()
 grads = [p.grad is not None for n, p in module.model.named_parameters() if "lora_" in n]
 print(json.dumps({
+    "sys_path_0": sys.path[0],
     "hf_available": is_kernels_available(),
     "kernels_file": kernels.__file__,
-    "ours_has_use_fused_lora": hasattr(ours, "use_fused_lora"),
+    "nif_kernels_file": nif_kernels.__file__,
+    "second_name": second_name,
+    "ours_under_kernels": sorted(
+        m for m in sys.modules if m.startswith("kernels.") and "nif" in m
+    ),
     "lora_layers": len(layers),
     "fused_layers": len(fused),
     "fused_calls": len(calls),
@@ -61,66 +74,12 @@ print(json.dumps({
 }))
 """
 
-_FROM_CHECKOUT = """
-import importlib.util, json, sys
-from transformers import LlamaForCausalLM  # noqa: F401
-from transformers.utils.import_utils import is_kernels_available
 
-print(json.dumps({
-    "origin": importlib.util.find_spec("kernels").origin,
-    "hf_available": is_kernels_available(),
-    "side_effects": sorted(m for m in sys.modules if m.startswith("kernels.")),
-}))
-"""
-
-
-def _hub_kernels_names() -> list[str]:
-    """Every name transformers imports from `kernels` at import time (hub_kernels.py)."""
-    import transformers.integrations
-
-    source = Path(transformers.integrations.__file__).with_name("hub_kernels.py").read_text()
-    return sorted(
-        {
-            alias.name
-            for node in ast.walk(ast.parse(source))
-            if isinstance(node, ast.ImportFrom) and node.module == "kernels"
-            for alias in node.names
-        }
-    )
-
-
-def _write_stand_in(site: Path) -> Path:
-    """A distribution named `kernels` at KERNELS_VERSION whose names are harmless: classes that
-    take anything, decorators that return what they wrap."""
-    package = site / "kernels"
-    package.mkdir(parents=True)
-    lines = [
-        '"""Stand-in for Hugging Face\'s kernels (tests only)."""',
-        f'__version__ = "{KERNELS_VERSION}"',
-        "class _StandIn:",
-        "    def __init__(self, *args, **kwargs): pass",
-        "    def __getattr__(self, name): return _StandIn()",
-        "def _decorator(*args, **kwargs): return lambda obj: obj",
-    ]
-    for name in _hub_kernels_names():
-        lines.append(f"{name} = _StandIn" if name[0].isupper() else f"{name} = _decorator")
-    (package / "__init__.py").write_text("\n".join(lines) + "\n")
-    info = site / f"kernels-{KERNELS_VERSION}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: kernels\nVersion: {KERNELS_VERSION}\n"
-    )
-    return package
-
-
-def _run(script: str, *args: str, cwd: Path, pythonpath: Path | None) -> dict:
-    env = dict(os.environ)
-    if pythonpath is not None:  # first, ahead of any PYTHONPATH already set
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+def _run(script: str, *args: str) -> dict:
+    """`python -c script` from the checkout root: sys.path[0] is the root, then site-packages."""
     done = subprocess.run(
         [sys.executable, "-c", script, *args],
-        cwd=cwd,
-        env=env,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=240,
@@ -129,24 +88,26 @@ def _run(script: str, *args: str, cwd: Path, pythonpath: Path | None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_stand_in_covers_what_transformers_imports():
-    names = _hub_kernels_names()
-    assert {"CUDAProperties", "get_kernel", "kernelize", "use_kernel_forward_from_hub"} <= set(
-        names
-    )
-
-
-def test_hf_kernels_on_the_path_and_our_fused_lora_both_work(tmp_path, tiny):
-    stand_in = _write_stand_in(tmp_path / "site")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    got = _run(_WITH_STAND_IN, str(tiny), cwd=elsewhere, pythonpath=tmp_path / "site")
-    assert got["hf_available"], "transformers should see the stand-in at a version it accepts"
-    assert Path(got["kernels_file"]) == stand_in / "__init__.py"
-    assert got["ours_has_use_fused_lora"]
+def _check_from_the_root(got: dict, hf_kernels: Path) -> None:
+    assert got["sys_path_0"] == "", "python -c from the root: the root comes first"
+    assert got["hf_available"], "transformers should see Hugging Face's kernels"
+    assert Path(got["kernels_file"]) == hf_kernels
+    assert Path(got["nif_kernels_file"]) == REPO / "kernels" / "nif_kernels" / "__init__.py"
+    assert not got["second_name"] and got["ours_under_kernels"] == []  # one name: nif_kernels
     assert got["lora_layers"] > 0 and got["fused_layers"] == got["lora_layers"]
     assert got["fused_calls"] == got["lora_layers"]  # one forward: each layer through our op
     assert got["lora_grads"]
+
+
+def test_from_the_root_transformers_gets_hf_kernels_and_training_gets_ours(tiny):
+    """What a fresh machine runs, with the `kernels` that pip installed for transformers: `python
+    -c "from transformers import LlamaConfig"` and `import nif_lightning` from the checkout root,
+    then our fused LoRA path trains there. With a `kernels/__init__.py` at the root the
+    transformers import fails (the ImportError above)."""
+    installed = Path(importlib.util.find_spec("kernels").origin)
+    assert installed.parent != REPO / "kernels"  # this pytest process runs from the root too
+    _run("from transformers import LlamaConfig; import nif_lightning; print('{}')")
+    _check_from_the_root(_run(_FROM_THE_ROOT, str(tiny)), installed)
 
 
 def _normalized(names) -> set[str]:
@@ -155,30 +116,27 @@ def _normalized(names) -> set[str]:
 
 def test_no_metadata_of_ours_claims_the_name_kernels():
     owners = importlib.metadata.packages_distributions()
-    assert "nif-lightning" in _normalized(owners.get("nif_lightning", []))  # we are installed
+    assert "nif-lightning" in _normalized(owners.get("nif_kernels", []))  # we are installed
     assert "nif-lightning" not in _normalized(owners.get("kernels", []))
 
 
-def test_the_checkout_on_sys_path_is_not_taken_for_hf_kernels():
-    """`python -m pytest` puts the repository root, and so the folder `kernels/`, on sys.path.
-    transformers finds it, reads no version (N/A: not available) and imports nothing of it."""
-    try:
-        importlib.metadata.version("kernels")
-    except importlib.metadata.PackageNotFoundError:
-        pass
-    else:  # HF's metadata would give our folder its version: run the tests from elsewhere
-        pytest.skip("Hugging Face's kernels is installed: the checkout's kernels/ shadows it")
-    got = _run(_FROM_CHECKOUT, cwd=REPO, pythonpath=None)
-    assert Path(got["origin"]) == REPO / "kernels" / "__init__.py"
-    assert got["hf_available"] is False
-    assert got["side_effects"] == []  # lazy __init__: no custom op registered by the probe
+def test_the_checkout_has_no_kernels_package_at_its_root():
+    """No regular package and no module named `kernels` at the root (either would shadow Hugging
+    Face's), and no link that gives the same code a second name."""
+    assert not (REPO / "kernels" / "__init__.py").exists()
+    assert not (REPO / "kernels.py").exists()
+    links = []
+    for folder, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in (".git", ".venv")]
+        links += [Path(folder, n) for n in dirs + files if Path(folder, n).is_symlink()]
+    assert not [p for p in links if p.resolve().is_relative_to(REPO / "kernels")], links
 
 
 # ---- a failed kernel import or patch is never hidden ----
 
 
 def test_a_failing_kernel_patch_raises_instead_of_falling_back(tiny, monkeypatch):
-    from nif_lightning.kernels import peft_patch
+    from nif_kernels import peft_patch
     from nif_lightning.module import NifLoraModule
 
     def broken(model):

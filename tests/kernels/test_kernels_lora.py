@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nif_lightning.kernels import lora_linear, lora_reference, use_fused_lora
-from nif_lightning.kernels import triton_lora as tk
+from nif_kernels import lora_linear, lora_reference, use_fused_lora
+from nif_kernels import triton_lora as tk
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -220,7 +220,7 @@ def test_matches_reference_on_gpu(backend, dtype, M, K, N, r, p):
 
 @pytest.mark.gpu
 def test_auto_backend_keeps_cublas():
-    from nif_lightning.kernels import pick_backend
+    from nif_kernels import pick_backend
 
     assert pick_backend(torch.device("cuda")) == "cublas"  # fused only from measured rows
 

@@ -13,9 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from nif_lightning.kernels import lora as lora_mod
-from nif_lightning.kernels import lora_linear, lora_reference, peft_patch, use_fused_lora
-from nif_lightning.kernels import triton_lora as tk
+from nif_kernels import lora as lora_mod
+from nif_kernels import lora_linear, lora_reference, peft_patch, use_fused_lora
+from nif_kernels import triton_lora as tk
 
 from .test_kernels_lora import _case, _check
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.profiler import profile
 
-from nif_lightning.kernels import lora_linear
+from nif_kernels import lora_linear
 
 
 @pytest.mark.parametrize("backend", ["cublas", "fused", "torch"])

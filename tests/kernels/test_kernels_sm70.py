@@ -17,7 +17,7 @@ import torch
 
 def _launch_of_ds_db(r: int) -> tuple[tuple, dict]:
     """The (args, kwargs) `ds_db` launches `_ds_db` with on an sm_70 device, captured on CPU."""
-    from kernels import triton_lora as tk
+    from nif_kernels import triton_lora as tk
 
     seen = {}
 
@@ -42,13 +42,14 @@ def _launch_of_ds_db(r: int) -> tuple[tuple, dict]:
 
 def _compile_sm70(r: int) -> dict:
     """regs and spill-store bytes of `_ds_db` compiled for sm_70 (ptxas -v), specialised and
-    measured as `nif kernels check` does (kernels/aot.py: Triton's binder, Triton's ptxas flags)."""
+    measured as `nif kernels check` does (nif_kernels/aot.py: Triton's binder, Triton's ptxas
+    flags)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels import aot
-    from kernels import triton_lora as tk
+    from nif_kernels import aot
+    from nif_kernels import triton_lora as tk
 
     args, kwargs = _launch_of_ds_db(r)
     spec = aot._specialise(tk._ds_db, 70, args, kwargs)

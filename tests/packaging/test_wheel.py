@@ -1,6 +1,7 @@
-"""What the wheel ships: the kernels as `nif_lightning.kernels` and never as a top-level
-`kernels` (Hugging Face's import name), and no test support (the fake provider is an aiohttp
-web server). The wheel is built from a copy of the checkout, so nothing is written into it."""
+"""What the wheel ships: the kernels as `nif_kernels` (from `kernels/nif_kernels/`) and never
+as a top-level `kernels` (Hugging Face's import name), and no test support (the fake provider is
+an aiohttp web server). The wheel is built from a copy of the checkout, so nothing is written
+into it."""
 
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ def _build_wheel(tmp_path: Path) -> zipfile.ZipFile:
     return zipfile.ZipFile(wheel)
 
 
-def test_wheel_ships_kernels_under_nif_lightning_and_no_fake_provider(tmp_path):
+def test_wheel_ships_nif_kernels_and_no_fake_provider(tmp_path):
     wheel = _build_wheel(tmp_path)
     names = wheel.namelist()
-    ours = {p.name for p in (REPO / "kernels").glob("*.py")}
-    assert {n.split("/")[-1] for n in names if n.startswith("nif_lightning/kernels/")} == ours
+    ours = {p.name for p in (REPO / "kernels" / "nif_kernels").glob("*.py")}
+    assert ours and {n.split("/")[-1] for n in names if n.startswith("nif_kernels/")} == ours
     (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
-    assert wheel.read(top_level).decode().split() == ["data_gen", "nif_lightning"]
+    assert wheel.read(top_level).decode().split() == ["data_gen", "nif_kernels", "nif_lightning"]
     assert not [n for n in names if n.startswith(("kernels/", "tests/"))]
     assert not [n for n in names if "fake_server" in n or "fake_provider" in n]
     sources = {n: wheel.read(n).decode() for n in names if n.endswith(".py")}

@@ -120,7 +120,7 @@ def test_gradient_checkpointing_cuts_saved_bytes(measured):
 def test_the_fused_lora_op_saves_what_the_probe_counts():
     """The probe runs the torch path (on `meta`); CUDA runs the custom op. Both keep x and
     t = x A^T (plus parameters) for backward: the same bytes."""
-    from nif_lightning.kernels import lora_linear
+    from nif_kernels import lora_linear
 
     torch.manual_seed(0)
     x = torch.randn(37, 100, requires_grad=True)

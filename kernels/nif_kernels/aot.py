@@ -146,7 +146,7 @@ def _as_gpu(tk, arch: int):
 
     missing = [name for name in ("_blocks", "_capability") if not hasattr(tk, name)]
     if missing:
-        raise RuntimeError(f"kernels/aot.py: triton_lora has no {missing}; update `_as_gpu`")
+        raise RuntimeError(f"nif_kernels.aot: triton_lora has no {missing}; update `_as_gpu`")
     cap = (arch // 10, arch % 10)
     gpu = torch.device("cuda", 0)
     saved = (tk._blocks, tk._capability, torch.cuda.get_device_capability)

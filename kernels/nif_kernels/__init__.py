@@ -1,15 +1,17 @@
-"""kernels: fused LoRA linear in Triton, with a plain-torch reference.
+"""nif_kernels: fused LoRA linear in Triton, with a plain-torch reference.
 
-Installed as `nif_lightning.kernels` (a link to this folder), never as a top-level `kernels`:
-that import name belongs to Hugging Face's `kernels`, which transformers probes on every model
-import. Imports inside the package are relative for the same reason.
+The card's folder `kernels/` holds this package (`kernels/nif_kernels/`) and has no
+`__init__.py` of its own: the import name `kernels` is Hugging Face's (transformers imports it on
+every model import), and a top-level package `kernels` in the checkout would shadow it wherever
+the checkout root is on `sys.path` (`python -m pytest`, `python -c`). This package imports
+nothing of ours; its imports inside are relative.
 
 lora_linear(x, weight, lora_a, lora_b, scaling, bias=None, dropout_p=0.0)
 use_fused_lora(peft_model) -> number of layers switched
 lora_reference(...)        -> the plain-torch definition the kernels are tested against
 
 The names load lazily (PEP 562): importing the package registers no custom op and imports no
-torch, so a probe that imports it by name (transformers' last resort) has no side effects.
+torch until a name is used.
 """
 
 from __future__ import annotations
