@@ -16,8 +16,10 @@ import argparse
 
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from nif_lightning.config import StrategyConfig
+from nif_lightning.deepspeed_cpu import check_build_lock
 
 # DeepSpeed's dynamic loss scaling, as in the recipe (DESIGN.md "DeepSpeed under Lightning"):
 # start at 2^16, grow after 1000 clean steps, shrink only after 2 overflows in a row, floor 1.
@@ -114,6 +116,9 @@ class NifDeepSpeedStrategy(DeepSpeedStrategy):
         # As Lightning's, minus the check of device indices against CUDA_VISIBLE_DEVICES.
         reset_seed()
         self.set_world_ranks()
+        # DeepSpeed's CPU backend builds (or loads) its comm op next, waiting on any build lock
+        # with no limit: a lock a killed build left is an error here, not a hang.
+        check_build_lock(log=rank_zero_info)
         self._init_deepspeed_distributed()
 
     def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):

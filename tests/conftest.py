@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 import torch
@@ -44,6 +45,44 @@ def write_builtin_shard():
         return folder
 
     return write
+
+
+# DeepSpeed's CPU comm op, built once per session before the first test (None: not attempted).
+_DEEPSPEED_OP: dict[str, str | None] = {"error": None, "built": None}
+
+
+def pytest_collection_finish(session):
+    """Build DeepSpeed's CPU comm op before the first test when a selected test runs DeepSpeed on
+    CPU ranks (fixture `deepspeed_on_cpu`): its JIT build takes 1-8 min, past one test's timeout,
+    and a build killed by that timeout would leave a lock every later run waits on."""
+    wanted = any("deepspeed_on_cpu" in getattr(item, "fixturenames", ()) for item in session.items)
+    if not wanted or torch.cuda.is_available() or importlib.util.find_spec("deepspeed") is None:
+        return
+    from nif_lightning.deepspeed_cpu import BUILD_LIMIT_S, build
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter is not None else print
+    say(
+        "DeepSpeed's CPU comm op: building it once for the DeepSpeed tests "
+        f"(1-8 min the first time, limit {BUILD_LIMIT_S / 60:.0f} min)"
+    )
+    try:
+        seconds = build(log=say)
+    except Exception as err:  # reported by every test that needs it, the others still run
+        _DEEPSPEED_OP["error"] = f"{type(err).__name__}: {err}"
+        say(f"DeepSpeed's CPU comm op: {_DEEPSPEED_OP['error']}")
+    else:
+        _DEEPSPEED_OP["built"] = f"{seconds:.0f} s"
+        say(f"DeepSpeed's CPU comm op: ready ({seconds:.0f} s)")
+
+
+@pytest.fixture(scope="session")
+def deepspeed_on_cpu():
+    """For tests that run DeepSpeed on CPU ranks: its comm op is built (before the first test,
+    see `pytest_collection_finish`); the build's error fails them instead of a hang."""
+    pytest.importorskip("deepspeed")
+    if _DEEPSPEED_OP["error"]:
+        pytest.fail(f"DeepSpeed's CPU comm op could not be built: {_DEEPSPEED_OP['error']}")
 
 
 def pytest_collection_modifyitems(config, items):
