@@ -19,9 +19,12 @@ whose metrics Lightning hands to the loggers, as Lightning's `ThroughputMonitor`
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import socket
 import time
+import uuid
 from pathlib import Path
 
 import lightning as L
@@ -29,7 +32,10 @@ import torch
 from lightning.fabric.utilities.distributed import ReduceOp
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from data_gen.store import FolderError
 from nif_lightning.merge import merge_adapter, swap_in
+
+log = logging.getLogger(__name__)
 
 # Dense fp16/bf16 tensor-core peak TFLOP/s by compute capability (major, minor).
 _PEAK_TFLOPS = {(7, 0): 125.0, (8, 0): 312.0, (9, 0): 989.0}
@@ -53,8 +59,13 @@ class LastCheckpoint(L.Callback):
     the run to stop; `terminated` then says so (the caller exits without merging).
 
     Saves happen only at optimizer-step boundaries, so a resumed run never restarts inside an
-    accumulation. Every rank decides together (a boolean all-reduce each step: any rank's clock,
-    any rank's SIGTERM), since a DeepSpeed save is collective and a lone saver would hang.
+    accumulation (a validation that falls inside one, at a fraction of an epoch, saves nothing).
+    Every rank decides together (a boolean all-reduce each step: any rank's clock, any rank's
+    SIGTERM), since a DeepSpeed save is collective and a lone saver would hang. Every rank writes
+    its part of a DeepSpeed checkpoint, and every rank reads the checkpoint to resume, so with
+    several ranks the folder must be one folder for all of them (a shared filesystem across
+    nodes): checked when training starts, where a folder some rank cannot see is an
+    `UnsharedFolder` error on every rank.
     Lightning's own SIGTERM handling (it sets `trainer.received_sigterm`, forwards the signal
     to the ranks it launched, keeps SLURM's requeue handler) raises `SIGTERMException` at the end
     of any micro-batch; the flag is taken over here and acted on at the step boundary instead.
@@ -71,10 +82,16 @@ class LastCheckpoint(L.Callback):
         self._saved_step = -1
         self._last_save = time.monotonic()
         self._step_ends = _StepEnds()
+        self._at_step_end = True  # whether the last training batch ended an optimizer step
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and trainer.world_size > 1:
+            check_shared_folder(trainer, self.path.parent)
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._saved_step = trainer.global_step  # a resumed run's is on disk
         self._step_ends.start(trainer)
+        self._at_step_end = True
         self._last_save = time.monotonic()
 
     def save(self, trainer: L.Trainer) -> None:
@@ -94,7 +111,8 @@ class LastCheckpoint(L.Callback):
         if connector.received_sigterm:
             connector.received_sigterm = False  # ours to act on at the step boundary
             self._sigterm = True
-        if not self._step_ends(trainer):
+        self._at_step_end = self._step_ends(trainer)
+        if not self._at_step_end:
             return  # inside an accumulation
         due = time.monotonic() - self._last_save >= self.every_seconds
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
@@ -112,7 +130,7 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
+        if not trainer.sanity_checking and trainer.state.fn == "fit" and self._at_step_end:
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -126,6 +144,39 @@ class LastCheckpoint(L.Callback):
             self.terminated = True
             if trainer.world_size == 1:
                 self.save(trainer)
+
+
+class UnsharedFolder(FolderError):
+    """The checkpoint folder is not one folder for all ranks (no shared filesystem)."""
+
+
+def check_shared_folder(trainer: L.Trainer, folder: Path) -> None:
+    """Raise `UnsharedFolder` on every rank unless every rank sees the file that global rank 0
+    writes into `folder` (a collective: every rank calls it)."""
+    strategy = trainer.strategy
+    token = strategy.broadcast(uuid.uuid4().hex if trainer.is_global_zero else None, src=0)
+    probe = folder / f".shared-{token}"
+    if trainer.is_global_zero:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token)
+    strategy.barrier("shared-folder-written")
+    try:
+        seen = probe.read_text() == token
+    except OSError:
+        seen = False
+    missing = torch.tensor([0.0 if seen else 1.0], device=strategy.root_device)
+    blind = int(strategy.reduce(missing, reduce_op=ReduceOp.SUM).item())
+    strategy.barrier("shared-folder-read")
+    if trainer.is_global_zero:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise UnsharedFolder(
+            f"{folder} is not one folder for all ranks: {blind} of {trainer.world_size} ranks "
+            f"cannot read the file rank 0 wrote there (rank {trainer.global_rank}, on "
+            f"{socket.gethostname()}, {'can' if seen else 'cannot'}). Every rank writes its part "
+            "of each checkpoint there and reads it to resume: put `out` on a filesystem all "
+            "nodes share (NFS, Lustre, ...)"
+        )
 
 
 def portable_model_ref(name: str | None) -> str | None:
@@ -293,13 +344,19 @@ class _StepEnds:
 
 
 class LossScaleGuard(L.Callback):
-    """Stop with a clear message on a NaN/inf loss or a collapsed fp16 loss scale, and log the
-    loss scale (`train/loss_scale`, fp16 only).
+    """Stop with a clear message on a NaN/inf loss or a collapsed fp16 loss scale; log the loss
+    scale (`train/loss_scale`, fp16 only) and say every step that DeepSpeed skips.
 
     The loss's finiteness is accumulated on the device every micro-batch (no sync); the flag and
     the scale are read once per logging interval (every 50 steps when logging is off), before
     every checkpoint save (a diverged model is never saved over a good one) and at the end of
     training. All ranks decide together (one all-reduce per check), so they stop together.
+
+    A step DeepSpeed skips for an fp16 overflow (its gradients held inf/NaN at the current loss
+    scale) is said on rank 0 in one line with the step and the new scale (at most 5 lines at
+    once, then one a minute; a later line counts those held back), and written to the loggers
+    at that step as `train/skipped_steps` (the run's count so far) with `train/loss_scale`: the
+    run report counts them. DeepSpeed's skip counter is a host integer: reading it costs no sync.
 
     Args:
         min_scale: The fp16 loss scale at or below which training stops.
@@ -309,11 +366,14 @@ class LossScaleGuard(L.Callback):
         self.min_scale = min_scale
         self._nonfinite: torch.Tensor | None = None  # on the device: a bad loss since the check
         self._since = 0
+        self._skipped = 0  # DeepSpeed's skipped steps, as last seen
+        self._say = _RateLimitedWarning(burst=5, per_s=60.0)
         self._step_ends = _StepEnds()
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._step_ends.start(trainer)
         self._nonfinite, self._since = None, trainer.global_step
+        self._skipped = _skipped_steps(trainer) or 0  # a resumed engine's count is restored
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -322,11 +382,35 @@ class LossScaleGuard(L.Callback):
             self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         if not self._step_ends(trainer):
             return
+        self._note_skipped_steps(trainer)
         every = trainer.log_every_n_steps
         if _logs_now(trainer) or (not every and trainer.global_step % 50 == 0):
             scale = self.check(trainer)
             if scale is not None:
-                pl_module.log("train/loss_scale", scale, on_step=True, batch_size=1)
+                metrics = {"train/loss_scale": scale}
+                if _skipped_steps(trainer) is not None:
+                    metrics["train/skipped_steps"] = float(self._skipped)
+                pl_module.log_dict(metrics, on_step=True, batch_size=1)
+
+    def _note_skipped_steps(self, trainer) -> None:
+        skipped = _skipped_steps(trainer)
+        if skipped is None or skipped == self._skipped:
+            return
+        new, self._skipped = skipped - self._skipped, skipped
+        if not trainer.is_global_zero:
+            return
+        scale = _loss_scale(trainer)
+        step = trainer.global_step  # the step just skipped (DeepSpeed still counts it)
+        what = "step was" if new == 1 else f"{new} steps were"
+        self._say(
+            f"fp16 overflow at step {step}: the {what} skipped (gradients held inf/NaN), loss "
+            f"scale now {scale:g}; {skipped} skipped so far"
+        )
+        # Straight to the loggers, at the row Lightning gives this step's metrics (its step
+        # index counts from 0), whether or not this is a logging step: the report counts them.
+        metrics = {"train/skipped_steps": float(skipped), "train/loss_scale": scale}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step - 1)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         # Saves during fit only (every rank saves then); not one a user makes afterwards.
@@ -335,7 +419,19 @@ class LossScaleGuard(L.Callback):
             self.check(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._say_held_back()
         self.check(trainer)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._say_held_back()
+
+    def _say_held_back(self) -> None:
+        held, self._say.held = self._say.held, 0
+        if held:
+            log.warning(
+                f"{held} more fp16 overflow{'s' if held > 1 else ''} not shown one by one; "
+                f"{self._skipped} steps skipped in all"
+            )
 
     def check(self, trainer: L.Trainer) -> float | None:
         """Raise if the loss was NaN/inf on any rank since the last check or the fp16 loss scale
@@ -363,6 +459,36 @@ class LossScaleGuard(L.Callback):
         return scale
 
 
+def _skipped_steps(trainer) -> int | None:
+    """DeepSpeed fp16's count of skipped (overflowed) steps, a host integer; None otherwise."""
+    engine = getattr(trainer.strategy, "deepspeed_engine", None)
+    if engine is None or not engine.fp16_enabled():
+        return None
+    return int(engine.skipped_steps)
+
+
+class _RateLimitedWarning:
+    """`log.warning`, at most `burst` lines at once, then one per `per_s` seconds; the next line
+    said after some were held back counts them (`held`: how many are waiting to be counted)."""
+
+    def __init__(self, burst: int, per_s: float) -> None:
+        self.burst, self.per_s = burst, per_s
+        self._tokens, self._at, self.held = float(burst), time.monotonic(), 0
+
+    def __call__(self, line: str) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) / self.per_s)
+        self._at = now
+        if self._tokens < 1:
+            self.held += 1
+            return
+        self._tokens -= 1
+        if self.held:
+            line += f" ({self.held} more not shown)"
+            self.held = 0
+        log.warning(line)
+
+
 def _loss_scale(trainer) -> float | None:
     engine = getattr(trainer.strategy, "deepspeed_engine", None)
     if engine is not None and hasattr(engine, "optimizer"):
@@ -372,6 +498,47 @@ def _loss_scale(trainer) -> float | None:
         return float(scale) if scale is not None else None
     scaler = getattr(trainer.precision_plugin, "scaler", None)
     return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else None
+
+
+class GradNorm(L.Callback):
+    """Log the global L2 norm of the trainable gradients before clipping, `train/grad_norm`, on
+    every logging step (as HF Trainer and LLaMA-Factory report `grad_norm`).
+
+    Without DeepSpeed it is taken in `on_before_optimizer_step`, where the gradients are whole
+    (DDP has averaged them over ranks), unscaled (AMP) and not yet clipped: on the device, on
+    logging steps only. DeepSpeed computes the same norm itself for its clipping, over every
+    rank's partition of the gradients, unscaled; it is read after the step
+    (`get_global_grad_norm`). With the gradient-accumulation scale fixed (`NifDeepSpeedStrategy`)
+    the two are the same number: tested on CPU ranks for ZeRO-2 and ZeRO-3.
+    """
+
+    def __init__(self) -> None:
+        self._step_ends = _StepEnds()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._step_ends.start(trainer)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if _deepspeed_engine(trainer) is not None or not _logs_now(trainer):
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        grads = [g.detach() for g in grads if g is not None]
+        if grads:
+            norms = [n.float() for n in torch._foreach_norm(grads)]  # one launch per dtype
+            norm = torch.linalg.vector_norm(torch.stack(norms))
+            pl_module.log("train/grad_norm", norm, on_step=True, batch_size=1)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        engine = _deepspeed_engine(trainer)
+        if engine is None or not (self._step_ends(trainer) and _logs_now(trainer)):
+            return
+        norm = engine.get_global_grad_norm()  # the host float DeepSpeed computed in its step
+        if norm is not None:
+            pl_module.log("train/grad_norm", float(norm), on_step=True, batch_size=1)
+
+
+def _deepspeed_engine(trainer: L.Trainer):
+    return getattr(trainer.strategy, "deepspeed_engine", None)
 
 
 class Throughput(L.Callback):

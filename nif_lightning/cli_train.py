@@ -130,7 +130,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, dotted_given(args, TrainConfig))
     problems = check_train_inputs(cfg, flags=True)
-    from nif_lightning.recipes.train import checkpoint_to_resume, run_training
+    from nif_lightning.recipes.train import checkpoint_to_resume, is_global_zero, run_training
 
     out = Path(cfg.out)
     if args.resume and checkpoint_to_resume(out, resume=True) is None:  # what training would use
@@ -142,5 +142,6 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError(problems, source="")
 
     out = run_training(cfg, resume=args.resume, force=args.force)
-    print(f"adapter: {out / 'adapter'}\nmerged model: {out / 'merged'}")
+    if is_global_zero():  # the one rank that wrote them
+        print(f"adapter: {out / 'adapter'}\nmerged model: {out / 'merged'}")
     return 0

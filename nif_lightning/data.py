@@ -11,6 +11,11 @@
   topped up by repeating its first batches so every rank gets the same number (a rank with fewer
   batches would hang the others in the gradient all-reduce). Lightning's sampler injection is
   not involved: the loaders iterate over ready batches.
+- Whole optimizer steps: in training, that number is also a multiple of the Trainer's
+  `accumulate_grad_batches` (N), topped up the same way. An epoch's last accumulation is never
+  cut short, so every optimizer step averages exactly N micro-batches per rank, with or without
+  DeepSpeed (which counts accumulation across epochs, where Lightning restarts it each epoch:
+  with a cut-short last step the two step counts drift apart), and no batch is dropped.
 - Deterministic given the seed: epoch e uses seed + e for the shuffle and the bin order.
 - Resumable mid-epoch: each checkpoint records how many batches of the current epoch were
   trained (`state_dict`), and a resumed run starts that epoch at the next batch, so a crash
@@ -20,6 +25,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -170,6 +176,10 @@ class NifDataModule(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    def _accumulation(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.accumulate_grad_batches) if trainer is not None else 1
+
     def _epoch(self) -> int:
         trainer = getattr(self, "trainer", None)
         return trainer.current_epoch if trainer is not None else 0
@@ -216,11 +226,15 @@ class NifDataModule(L.LightningDataModule):
         size = self.cfg.micro_batch_size
         return [order[i : i + size] for i in range(0, len(order), size)]
 
-    def rank_batches(self, groups: list[list[int]], rank: int, world: int) -> list[list[int]]:
-        """Deal groups round-robin; top up so every rank has the same count."""
-        if world > 1 and groups:
+    def rank_batches(
+        self, groups: list[list[int]], rank: int, world: int, multiple: int = 1
+    ) -> list[list[int]]:
+        """Deal groups round-robin, topped up with the first ones (cyclically) so every rank
+        has the same count, a multiple of `multiple` (the accumulation, in training)."""
+        if groups:
             per_rank = -(-len(groups) // world)
-            groups = groups + groups[: per_rank * world - len(groups)]
+            per_rank = -(-per_rank // multiple) * multiple
+            groups = list(itertools.islice(itertools.cycle(groups), per_rank * world))
         return groups[rank::world]
 
     def _rank_groups(
@@ -229,7 +243,7 @@ class NifDataModule(L.LightningDataModule):
         """This rank's index groups of `epoch` (validation: one fixed order)."""
         seed = self.cfg.seed + (epoch if train else 0)
         groups = self.epoch_batches(examples, seed, shuffle=train)
-        return self.rank_batches(groups, *self._rank())
+        return self.rank_batches(groups, *self._rank(), self._accumulation() if train else 1)
 
     def collate(self, examples: list[TokenizedExample]) -> dict:
         if self.cfg.packing:

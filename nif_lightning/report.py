@@ -61,6 +61,9 @@ def training_figures(rows: list[dict[str, float]]) -> dict[str, Any]:
     if val:
         figures.update(val_loss_first=val[0][1], val_loss_last=val[-1][1])
         figures["val_loss_best"] = min(v for _, v in val)
+    skipped = _series(rows, "train/skipped_steps")
+    if skipped:  # DeepSpeed fp16: a running count, written at every skipped step
+        figures["fp16_skipped_steps"] = int(max(v for _, v in skipped))
     for key, name in (("val/ppl", "val_ppl_last"), ("val/token_acc", "val_token_acc_last")):
         series = _series(rows, key)
         if series:
@@ -169,6 +172,7 @@ TRAINING_LABELS = {
     "train_loss_start": "training loss, mean of the first {train_loss_points} logged steps",
     "train_loss_end": "training loss, mean of the last {train_loss_points} logged steps",
     "train_loss_points": "logged steps in each of those means (a tenth of them, at least 1)",
+    "fp16_skipped_steps": "optimizer steps DeepSpeed skipped for an fp16 overflow (loss scale cut)",
     "val_loss_first": "validation loss at the first check",
     "val_loss_last": "validation loss at the last check",
     "val_loss_best": "lowest validation loss",

@@ -260,6 +260,7 @@ def build_trainer(cfg: TrainConfig, out: Path):
     from nif_lightning.callbacks import (
         AdapterExport,
         AdapterMerge,
+        GradNorm,
         LastCheckpoint,
         LossScaleGuard,
         Throughput,
@@ -276,9 +277,14 @@ def build_trainer(cfg: TrainConfig, out: Path):
         max_steps=t.max_steps,
         max_epochs=-1 if t.max_steps > 0 else t.max_epochs,  # a step budget wins
         accumulate_grad_batches=t.accumulate_grad_batches,
-        val_check_interval=t.val_check_interval,
-        # An int interval counts optimizer-visible batches across epochs (packed epochs can be
-        # shorter than the interval); a float stays a fraction of each epoch.
+        # An int interval is optimizer steps, across epochs (packed epochs can be shorter than
+        # the interval); Lightning counts micro-batches, so validation (and the checkpoint after
+        # it) falls on a step boundary. A float stays a fraction of each epoch.
+        val_check_interval=(
+            t.val_check_interval * t.accumulate_grad_batches
+            if isinstance(t.val_check_interval, int)
+            else t.val_check_interval
+        ),
         check_val_every_n_epoch=None if isinstance(t.val_check_interval, int) else 1,
         log_every_n_steps=t.log_every_n_steps,
         gradient_clip_val=t.gradient_clip_val,
@@ -297,6 +303,7 @@ def build_trainer(cfg: TrainConfig, out: Path):
             ),
             AdapterExport(out / "adapter"),
             AdapterMerge(out / "merged"),  # rank 0, once fit is over (not after SIGTERM)
+            GradNorm(),
             Throughput(),
             progress_bar(),
         ],

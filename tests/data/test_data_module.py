@@ -60,6 +60,20 @@ def test_ranks_get_disjoint_batches_of_equal_count(env):
     assert len(seen) - len(set(seen)) < 2 * 96  # only the top-up batches repeat
 
 
+@pytest.mark.parametrize(("groups", "world", "accumulation"), [(22, 2, 4), (22, 2, 1), (3, 2, 4)])
+def test_each_rank_gets_whole_optimizer_steps(groups, world, accumulation):
+    """Every rank's count is the same multiple of the accumulation, filled cyclically with the
+    epoch's first batches, so no step is cut short and no batch is dropped."""
+    dm = NifDataModule.__new__(NifDataModule)  # dealing needs no data
+    batches = [[i] for i in range(groups)]
+    per_rank = [dm.rank_batches(batches, r, world, accumulation) for r in range(world)]
+    count = len(per_rank[0])
+    assert all(len(p) == count for p in per_rank) and count % accumulation == 0
+    assert count < -(-groups // world) + accumulation  # the least whole number of steps
+    dealt = [b for i in range(count) for p in per_rank for b in p[i : i + 1]]
+    assert dealt == [batches[i % groups] for i in range(count * world)]  # in order, cyclic
+
+
 def test_padded_mode(env):
     data, tiny = env
     dm = NifDataModule(data, tiny, DataConfig(cutoff_len=1024, micro_batch_size=4, packing=False))

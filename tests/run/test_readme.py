@@ -4,6 +4,7 @@ are the ones `.ci/run` and a new user would type."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
@@ -48,3 +49,24 @@ def test_readme_commands_install_cpu_torch_first():
         torch_step = steps.index("pip install torch==2.13.0")
         assert all("pip install -e" not in s for s in steps[:torch_step])
     assert _readme_command("Run the whole method")[-1] == "nif run"
+
+
+def test_the_sbatch_template_is_the_readmes_and_asks_what_lightning_needs():
+    """2 nodes x 8 V100s: one task per GPU (Lightning reads SLURM's ranks), SIGUSR1 90 s before
+    the limit (Lightning's checkpoint and requeue), requeueable, `srun nif train`."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("Under SLURM, [`configs/slurm/2x8-v100.sbatch`]", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    template = ROOT / "configs" / "slurm" / "2x8-v100.sbatch"
+    assert template.read_text(encoding="utf-8") == block
+    directives = dict(
+        line.removeprefix("#SBATCH --").split("=", 1)
+        for line in block.splitlines()
+        if line.startswith("#SBATCH --") and "=" in line
+    )
+    assert directives["nodes"] == "2" and directives["ntasks-per-node"] == "8"
+    assert directives["gpus-per-node"] == "8" and directives["signal"] == "SIGUSR1@90"
+    assert "#SBATCH --requeue" in block
+    (launch,) = [line for line in block.splitlines() if line.startswith("srun ")]
+    assert "nif train --config" in launch and "--num-nodes 2 --devices 8" in block
+    subprocess.run(["bash", "-n", str(template)], check=True)

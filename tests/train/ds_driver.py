@@ -9,7 +9,13 @@ dynamic loss scaler run in CI, and, when asked by environment variables:
   optimizer step N is about to start;
 - NIF_TEST_MEMLOG=DIR: each rank samples its anonymous memory (/proc/self/smaps_rollup) while
   the model is built and loaded, then compares every gathered parameter with the checkpoint,
-  and writes DIR/rank<R>.json with the baseline, the peak and the comparison.
+  and writes DIR/rank<R>.json with the baseline, the peak and the comparison;
+- NIF_TEST_SGD=1: plain SGD (no momentum) instead of AdamW, under the same schedule, so that an
+  update is the learning rate times the clipped gradient (Adam's is nearly blind to its scale);
+- NIF_TEST_RECORD=FILE: each rank appends JSON lines to FILE, each with its global rank: one per
+  folder it swaps into place (`merge.swap_in`), one per `last.ckpt` it writes (the step, and
+  DeepSpeed's micro steps), and one when training ends (Lightning's global step and its
+  planned total, the scheduler's step count, DeepSpeed's global, micro and skipped steps).
 """
 
 from __future__ import annotations
@@ -108,7 +114,81 @@ def _crash_at(step: int) -> None:
     callbacks.Throughput.on_train_batch_start = dying
 
 
+def _sgd() -> None:
+    import torch
+
+    import nif_lightning.module as module
+
+    configure = module.NifLoraModule.configure_optimizers
+
+    def with_sgd(self):
+        config = configure(self)
+        params = [p for group in config["optimizer"].param_groups for p in group["params"]]
+        sgd = torch.optim.SGD(params, lr=self.optim.lr)
+        schedule = config["lr_scheduler"]["scheduler"].lr_lambdas[0]
+        config["optimizer"] = sgd
+        config["lr_scheduler"]["scheduler"] = torch.optim.lr_scheduler.LambdaLR(sgd, schedule)
+        return config
+
+    module.NifLoraModule.configure_optimizers = with_sgd
+
+
+def _record(path: Path) -> None:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    import nif_lightning.callbacks as callbacks
+    import nif_lightning.merge as merge
+
+    def write(record: dict) -> None:
+        with path.open("a") as f:
+            f.write(json.dumps({"rank": rank_zero_only.rank, **record}) + "\n")
+
+    swap_in = merge.swap_in
+
+    def recording_swap_in(staged, dest):
+        write({"swapped": Path(dest).name})
+        return swap_in(staged, dest)
+
+    merge.swap_in = callbacks.swap_in = recording_swap_in
+    save = callbacks.LastCheckpoint.save
+
+    def recording_save(self, trainer):
+        if trainer.global_step != self._saved_step:  # what `save` writes
+            engine = getattr(trainer.strategy, "deepspeed_engine", None)
+            write(
+                {
+                    "saved": trainer.global_step,
+                    "ds_micro_steps": getattr(engine, "micro_steps", None),
+                }
+            )
+        save(self, trainer)
+
+    callbacks.LastCheckpoint.save = recording_save
+    end = callbacks.Throughput.on_train_end
+
+    def recording_end(self, trainer, pl_module):
+        end(self, trainer, pl_module)
+        engine = getattr(trainer.strategy, "deepspeed_engine", None)
+        (config,) = trainer.lr_scheduler_configs
+        write(
+            {
+                "global_step": trainer.global_step,
+                "estimated_steps": trainer.estimated_stepping_batches,
+                "scheduler_steps": config.scheduler.last_epoch,
+                "ds_global_steps": getattr(engine, "global_steps", None),
+                "ds_micro_steps": getattr(engine, "micro_steps", None),
+                "ds_skipped_steps": getattr(engine, "skipped_steps", None),
+            }
+        )
+
+    callbacks.Throughput.on_train_end = recording_end
+
+
 if __name__ == "__main__":
+    if os.environ.get("NIF_TEST_SGD") == "1":
+        _sgd()
+    if os.environ.get("NIF_TEST_RECORD"):
+        _record(Path(os.environ["NIF_TEST_RECORD"]))
     if os.environ.get("NIF_TEST_CRASH_AT_STEP"):
         _crash_at(int(os.environ["NIF_TEST_CRASH_AT_STEP"]))
     if os.environ.get("NIF_TEST_OVERFLOW") == "1":

@@ -125,3 +125,21 @@ def test_train_rejects_bad_input(tmp_path, capsys):
     bad.write_text("lora:\n  rnak: 4\n")
     rc = _main(["train", "--config", str(bad)])
     assert rc == 2 and "lora.rnak" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("interval", "batches"), [(3, 12), (0.25, 0.25)])
+def test_an_int_validation_interval_counts_optimizer_steps(tmp_path, interval, batches):
+    """Lightning counts `val_check_interval` in micro-batches: an int of steps becomes N x as
+    many, so validation (and the `last.ckpt` after it) falls on a step boundary."""
+    from nif_lightning.recipes.train import build_trainer
+
+    cfg = load_config(
+        None,
+        {
+            "model.path": "unused",
+            "trainer.accumulate_grad_batches": 4,
+            "trainer.val_check_interval": interval,
+            "out": str(tmp_path),
+        },
+    )
+    assert build_trainer(cfg, tmp_path).val_check_interval == batches

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from nif_lightning.report import read_metrics, training_figures
 
 pytest.importorskip("deepspeed")
 
@@ -31,7 +36,7 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny, write_builtin_shard):
+def workdir(tmp_path_factory, tiny, write_builtin_shard, deepspeed_on_cpu):
     """A folder with the tiny model (`tiny/`) and a small dataset (`data/`) the runs share."""
     root = tmp_path_factory.mktemp("ds")
     (root / "tiny").symlink_to(tiny)
@@ -39,20 +44,21 @@ def workdir(tmp_path_factory, tiny, write_builtin_shard):
     return root
 
 
-def _train(
+def _config(
     workdir: Path,
     name: str,
     *,
     stage: int,
     precision: str,
     steps: int = STEPS,
-    resume: bool = False,
-    env: dict | None = None,
     model: Path | None = None,
     model_settings: dict | None = None,
-    check: bool = True,
-) -> subprocess.CompletedProcess:
-    out = workdir / name
+    trainer: dict | None = None,
+    data: dict | None = None,
+    optim: dict | None = None,
+) -> Path:
+    """A `nif train` config for run `name` (OUT: workdir/name); `trainer`, `data`, `optim`
+    override the defaults here."""
     config = workdir / f"{name}.yaml"
     config.write_text(
         json.dumps(
@@ -62,8 +68,13 @@ def _train(
                     "dtype": "float32",
                     **(model_settings or {}),
                 },
-                "data": {"dir": str(workdir / "data"), "cutoff_len": 96, "micro_batch_size": 2},
-                "optim": {"lr": 5.0e-3, "warmup_ratio": 0.0},
+                "data": {
+                    "dir": str(workdir / "data"),
+                    "cutoff_len": 96,
+                    "micro_batch_size": 2,
+                    **(data or {}),
+                },
+                "optim": {"lr": 5.0e-3, "warmup_ratio": 0.0, **(optim or {})},
                 "trainer": {
                     "strategy": "deepspeed",
                     "zero_stage": stage,
@@ -72,12 +83,27 @@ def _train(
                     "max_steps": steps,
                     "val_check_interval": 2,
                     "log_every_n_steps": 1,
+                    **(trainer or {}),
                 },
-                "out": str(out),
+                "out": str(workdir / name),
                 "seed": 0,
             }
         )
     )
+    return config
+
+
+def _train(
+    workdir: Path,
+    name: str,
+    *,
+    resume: bool = False,
+    env: dict | None = None,
+    check: bool = True,
+    **settings,
+) -> subprocess.CompletedProcess:
+    """`nif train` (through the driver) with `_config(workdir, name, **settings)`."""
+    config = _config(workdir, name, **settings)
     argv = [sys.executable, str(DRIVER), "train", "--config", str(config)]
     if resume:
         argv.append("--resume")
@@ -213,6 +239,18 @@ def test_endless_fp16_overflow_stops_with_loss_scale_guard(workdir):
     )
     assert proc.returncode != 0
     assert "fp16 loss scale collapsed to 1.0" in proc.stderr, proc.stderr[-3000:]
+    # Every skipped step is said, once (rank 0), with its step and the new scale: 5 lines at
+    # once, then the rest counted when the run ends. Scale 2^16 halves to 1 after the first
+    # overflow (hysteresis 2): 17 skipped steps.
+    said = re.findall(
+        r"fp16 overflow at step (\d+): .*loss scale now (\S+); (\d+) skipped so far", proc.stderr
+    )
+    assert said == [(str(i), str(2 ** min(16, 17 - i)), str(i)) for i in range(1, 6)], said
+    assert "12 more fp16 overflows not shown one by one; 17 steps skipped in all" in proc.stderr
+    rows = read_metrics(workdir / "overflow" / "logs")
+    counts = {int(r["step"]): r["train/skipped_steps"] for r in rows if "train/skipped_steps" in r}
+    assert counts == {step: step + 1.0 for step in range(17)}  # a row at every skipped step
+    assert training_figures(rows)["fp16_skipped_steps"] == 17
 
 
 # zero.Init broadcasts every new parameter from rank 0 (gloo on CPU ranks). glibc may keep the
@@ -277,3 +315,216 @@ def test_zero3_loads_each_rank_a_half_of_the_weights(workdir):
         assert record["checked"] == len(shapes) and record["mismatched"] == []
         growth = record["peak"] - record["before"]
         assert growth <= 0.65 * model_bytes, (rank, growth / model_bytes)
+
+
+# ---- DeepSpeed trains what Lightning without it trains: gradient scale and step counts ----------
+
+# 44 rows in packed batches of at most 200 tokens: 22 batches an epoch, 11 per rank on 2 ranks,
+# so with accumulation 2 or 4 each epoch's last step needs the fill (the issue's own case).
+# Plain SGD makes an update the learning rate times the clipped gradient; clipping at 0.05 is
+# active (the norms are ~0.15). Validation at half an epoch falls inside an accumulation.
+_EXACT = {
+    "precision": "32-true",
+    "data": {"dir": None, "max_tokens_per_batch": 200},
+    "optim": {"lr": 0.5},
+    "trainer": {
+        "max_steps": -1,
+        "max_epochs": 2,
+        "gradient_clip_val": 0.05,
+        "val_check_interval": 0.5,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def exact(workdir, write_builtin_shard):
+    """`run(name, accumulation, **trainer)`: a 2-epoch SGD run on the odd dataset, returning
+    its OUT and what the driver recorded (`NIF_TEST_RECORD`), one dict per rank."""
+    data = write_builtin_shard(
+        workdir / "data-odd", rows=44, prompt_chars=160, completion_chars=160
+    )
+
+    def run(name: str, accumulation: int, stage: int = 2, **trainer) -> tuple[Path, list[dict]]:
+        record = workdir / f"{name}.jsonl"
+        _train(
+            workdir,
+            name,
+            stage=stage,
+            precision=_EXACT["precision"],
+            data={**_EXACT["data"], "dir": str(data)},
+            optim=_EXACT["optim"],
+            trainer={**_EXACT["trainer"], "accumulate_grad_batches": accumulation, **trainer},
+            env={"NIF_TEST_SGD": "1", "NIF_TEST_RECORD": str(record)},
+        )
+        ends = [json.loads(line) for line in record.read_text().splitlines()]
+        return workdir / name, sorted(
+            (e for e in ends if "global_step" in e), key=lambda e: e["rank"]
+        )
+
+    run.data = data
+    return run
+
+
+@pytest.fixture(scope="module")
+def without_deepspeed(exact):
+    """The reference runs, cached: 1 process, Lightning's own loop, accumulation 2N (the same
+    global batch as 2 DeepSpeed ranks x N)."""
+    runs = {}
+
+    def get(n: int):
+        if n not in runs:
+            runs[n] = exact(f"plain-acc{2 * n}", 2 * n, strategy="auto", devices=1)
+        return runs[n]
+
+    return get
+
+
+def _grad_norms(out: Path) -> dict[int, float]:
+    return {
+        int(r["step"]): r["train/grad_norm"]
+        for r in read_metrics(out / "logs")
+        if "train/grad_norm" in r
+    }
+
+
+def _steps_per_epoch(data: Path, tiny: Path, ranks: int, accumulation: int) -> list[int]:
+    """Optimizer steps of each of the 2 epochs, counted from the DataModule's own packing."""
+    from nif_lightning.config import DataConfig
+    from nif_lightning.data import NifDataModule
+
+    cfg = DataConfig(cutoff_len=96, micro_batch_size=2, max_tokens_per_batch=200)
+    dm = NifDataModule(data, tiny, cfg)
+    dm.setup()
+    per_rank = [
+        -(-len(dm.epoch_batches(dm.train_examples, seed=e, shuffle=True)) // ranks) for e in (0, 1)
+    ]
+    assert accumulation == 1 or all(n % accumulation for n in per_rank), per_rank  # odd counts
+    return [-(-n // accumulation) for n in per_rank]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("accumulation", [1, 2, 4])
+def test_deepspeed_gradients_and_steps_equal_those_without_it(
+    stage, accumulation, exact, without_deepspeed, workdir
+):
+    plain, plain_ends = without_deepspeed(accumulation)
+    out, ends = exact(f"exact-z{stage}-acc{accumulation}", accumulation, stage=stage)
+    # The gradient norm before clipping, at every step: Lightning's in its own loop, DeepSpeed's
+    # own over the ZeRO partitions of 2 ranks.
+    norms, reference = _grad_norms(out), _grad_norms(plain)
+    steps = sum(_steps_per_epoch(exact.data, workdir / "tiny", 2, accumulation))
+    assert sorted(reference) == sorted(norms) == list(range(steps))
+    for step, norm in reference.items():
+        assert norm > 0.05  # clipping is at work
+        assert norms[step] == pytest.approx(norm, rel=1e-5), step
+    # The clipped updates, summed over every step: the adapters.
+    got, want = _adapter(out), _adapter(plain)
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-5 * value.abs().max().item())
+    # One step count everywhere: Lightning's, DeepSpeed's (N micro-steps each), the scheduler's
+    # and its planned total (the cosine ends at the last step), on every rank.
+    assert [e["rank"] for e in ends] == [0, 1] and len(plain_ends) == 1
+    for e in [*ends, *plain_ends]:
+        assert e["global_step"] == e["scheduler_steps"] == e["estimated_steps"] == steps, e
+    for e in ends:
+        assert e["ds_global_steps"] == steps and e["ds_micro_steps"] == steps * accumulation, e
+    # The checkpoint holds both counters at a step boundary (validation at half an epoch fell
+    # inside an accumulation and wrote no last.ckpt then).
+    # ZeRO-2: mp_rank_00_model_states.pt; ZeRO-3: zero_pp_rank_<R>_mp_rank_00_model_states.pt.
+    (path, *_) = sorted((out / "checkpoints" / "last.ckpt").rglob("*model_states.pt"))
+    states = torch.load(path, map_location="cpu", weights_only=False)
+    assert states["global_steps"] == states["global_step"] == steps
+    saves = [
+        e for e in _records(workdir / f"exact-z{stage}-acc{accumulation}.jsonl") if "saved" in e
+    ]
+    assert saves and all(e["ds_micro_steps"] == e["saved"] * accumulation for e in saves), saves
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ---- several nodes, as the README starts them ---------------------------------------------------
+
+
+def _readme_torchrun_lines() -> list[list[str]]:
+    """The README's two torchrun lines (node 0, node 1), split into arguments."""
+    text = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text.split("With torchrun, on node 0 and node 1", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [shlex.split(line) for line in block.strip().splitlines()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun_nodes(
+    configs: list[Path], program: list[str], env: dict
+) -> list[subprocess.CompletedProcess]:
+    """The README's torchrun line per node on this machine: 1 process per node, node 0 at
+    127.0.0.1 on a free port, `$(which nif)` replaced by `program`, node i reading configs[i]."""
+    port = str(_free_port())
+    procs = []
+    for line, config in zip(_readme_torchrun_lines(), configs, strict=True):
+        assert line[0] == "torchrun" and "--node-rank" in line  # both nodes rank 0 without it
+        values = {"8": "1", "HOST": "127.0.0.1", "29500": port, "CFG": str(config)}
+        args = [values.get(a, a) for a in line[1:]]
+        at = args.index("$(which")
+        assert args[at + 1] == "nif)"
+        args[at : at + 2] = program
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", *args],
+                env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    done = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return done
+
+
+def test_two_nodes_started_as_the_readme_says_equal_one_node_of_two_ranks(zero2_fp16, workdir):
+    record = workdir / "nodes.jsonl"
+    config = _config(workdir, "two-nodes", stage=2, precision="16-mixed")
+    nodes = _torchrun_nodes([config, config], [str(DRIVER)], {"NIF_TEST_RECORD": str(record)})
+    for node in nodes:
+        assert node.returncode == 0, node.stderr[-4000:]
+    events = _records(record)
+    ends = sorted((e for e in events if "global_step" in e), key=lambda e: e["rank"])
+    assert [(e["rank"], e["global_step"]) for e in ends] == [(0, STEPS), (1, STEPS)]
+    swapped = {(e["rank"], e["swapped"]) for e in events if "swapped" in e}
+    assert {(0, "adapter"), (0, "merged")} <= swapped
+    assert {rank for rank, _ in swapped} == {0}  # only global rank 0 writes adapter/ and merged/
+    # The same ranks, data and arithmetic as `devices: 2` on one node: the same adapter, exactly.
+    got, want = _adapter(workdir / "two-nodes"), _adapter(zero2_fp16)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_nodes_that_do_not_share_out_stop_at_start_in_one_line(workdir):
+    """Node 1 writes into a folder of its own (as on a node-local disk): every rank stops before
+    training, with one line, and no checkpoint is written."""
+    configs = [
+        _config(workdir, name, stage=2, precision="32-true") for name in ("node0-out", "node1-out")
+    ]
+    nodes = _torchrun_nodes(configs, [shutil.which("nif") or "nif"], {})
+    for rank, node in enumerate(nodes):
+        assert node.returncode != 0
+        lines = [
+            line for line in node.stderr.splitlines() if "is not one folder for all ranks" in line
+        ]
+        assert len(lines) == 1, node.stderr[-4000:]
+        assert lines[0].startswith("nif train: ") and f"(rank {rank}, " in lines[0]
+        assert "filesystem all nodes share" in lines[0]
+        rank_output, _, torchrun_report = node.stderr.partition("(exitcode: ")
+        assert torchrun_report.startswith("2)")  # the rank's exit code: bad input
+        assert "Traceback" not in rank_output
+    for name in ("node0-out", "node1-out"):
+        assert not list((workdir / name).glob("checkpoints/*")), name
