@@ -19,6 +19,7 @@ _EXPORTS = {
     "AdapterExport": "nif_lightning.callbacks",
     "AdapterMerge": "nif_lightning.callbacks",
     "LossScaleGuard": "nif_lightning.callbacks",
+    "GradNorm": "nif_lightning.callbacks",
     "Throughput": "nif_lightning.callbacks",
     "TrainConfig": "nif_lightning.config",
     "load_config": "nif_lightning.config",
@@ -26,6 +27,7 @@ _EXPORTS = {
     "RunConfig": "nif_lightning.config",
     "ConfigError": "data_gen.schema",
     "build_strategy": "nif_lightning.strategy",
+    "NifDeepSpeedStrategy": "nif_lightning.strategy",
     "merge_adapter": "nif_lightning.merge",
     "save_tiny_model": "nif_lightning.tiny_model",
 }

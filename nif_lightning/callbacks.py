@@ -139,10 +139,10 @@ class LastCheckpoint(L.Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         if isinstance(exception, SIGTERMException) and not self.terminated:
             # Lightning stopped the run itself (SIGTERM during validation, say). One rank can
-            # save alone; several may have stopped at different points, where a collective save
-            # would hang: they keep the last scheduled checkpoint.
+            # save alone, at a step boundary; several may have stopped at different points,
+            # where a collective save would hang: they keep the last scheduled checkpoint.
             self.terminated = True
-            if trainer.world_size == 1:
+            if trainer.world_size == 1 and self._at_step_end:
                 self.save(trainer)
 
 
@@ -157,13 +157,13 @@ def check_shared_folder(trainer: L.Trainer, folder: Path) -> None:
     token = strategy.broadcast(uuid.uuid4().hex if trainer.is_global_zero else None, src=0)
     probe = folder / f".shared-{token}"
     if trainer.is_global_zero:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_text(token)
+        try:  # a failure here must not leave the other ranks waiting at the barrier
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_text(token)
+        except OSError:
+            pass  # rank 0 then cannot read it either: reported below
     strategy.barrier("shared-folder-written")
-    try:
-        seen = probe.read_text() == token
-    except OSError:
-        seen = False
+    seen = _reads(probe, token, tries=3)
     missing = torch.tensor([0.0 if seen else 1.0], device=strategy.root_device)
     blind = int(strategy.reduce(missing, reduce_op=ReduceOp.SUM).item())
     strategy.barrier("shared-folder-read")
@@ -177,6 +177,20 @@ def check_shared_folder(trainer: L.Trainer, folder: Path) -> None:
             "of each checkpoint there and reads it to resume: put `out` on a filesystem all "
             "nodes share (NFS, Lustre, ...)"
         )
+
+
+def _reads(path: Path, text: str, tries: int, wait_s: float = 1.0) -> bool:
+    """Whether `path` holds `text`, looking again after `wait_s` (a network filesystem may show
+    another node's new file a moment late)."""
+    for attempt in range(tries):
+        try:
+            if path.read_text() == text:
+                return True
+        except OSError:
+            pass
+        if attempt + 1 < tries:
+            time.sleep(wait_s)
+    return False
 
 
 def portable_model_ref(name: str | None) -> str | None:
@@ -367,7 +381,7 @@ class LossScaleGuard(L.Callback):
         self._nonfinite: torch.Tensor | None = None  # on the device: a bad loss since the check
         self._since = 0
         self._skipped = 0  # DeepSpeed's skipped steps, as last seen
-        self._say = _RateLimitedWarning(burst=5, per_s=60.0)
+        self._say = _RateLimitedWarning(burst=5, every_s=60.0)
         self._step_ends = _StepEnds()
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -402,13 +416,16 @@ class LossScaleGuard(L.Callback):
         scale = _loss_scale(trainer)
         step = trainer.global_step  # the step just skipped (DeepSpeed still counts it)
         what = "step was" if new == 1 else f"{new} steps were"
+        now = f", loss scale now {scale:g}" if scale is not None else ""
         self._say(
-            f"fp16 overflow at step {step}: the {what} skipped (gradients held inf/NaN), loss "
-            f"scale now {scale:g}; {skipped} skipped so far"
+            f"fp16 overflow at step {step}: the {what} skipped (gradients held inf/NaN)"
+            f"{now}; {skipped} skipped so far"
         )
         # Straight to the loggers, at the row Lightning gives this step's metrics (its step
         # index counts from 0), whether or not this is a logging step: the report counts them.
-        metrics = {"train/skipped_steps": float(skipped), "train/loss_scale": scale}
+        metrics = {"train/skipped_steps": float(skipped)}
+        if scale is not None:
+            metrics["train/loss_scale"] = scale
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step - 1)
 
@@ -459,25 +476,31 @@ class LossScaleGuard(L.Callback):
         return scale
 
 
+def _deepspeed_engine(trainer: L.Trainer):
+    """The DeepSpeed engine of a DeepSpeed strategy once set up, else None."""
+    return getattr(trainer.strategy, "deepspeed_engine", None)
+
+
 def _skipped_steps(trainer) -> int | None:
     """DeepSpeed fp16's count of skipped (overflowed) steps, a host integer; None otherwise."""
-    engine = getattr(trainer.strategy, "deepspeed_engine", None)
+    engine = _deepspeed_engine(trainer)
     if engine is None or not engine.fp16_enabled():
         return None
     return int(engine.skipped_steps)
 
 
 class _RateLimitedWarning:
-    """`log.warning`, at most `burst` lines at once, then one per `per_s` seconds; the next line
-    said after some were held back counts them (`held`: how many are waiting to be counted)."""
+    """`log.warning`, at most `burst` lines at once, then one every `every_s` seconds; the next
+    line said after some were held back counts them (`held`: how many are waiting to be
+    counted)."""
 
-    def __init__(self, burst: int, per_s: float) -> None:
-        self.burst, self.per_s = burst, per_s
+    def __init__(self, burst: int, every_s: float) -> None:
+        self.burst, self.every_s = burst, every_s
         self._tokens, self._at, self.held = float(burst), time.monotonic(), 0
 
     def __call__(self, line: str) -> None:
         now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) / self.per_s)
+        self._tokens = min(self.burst, self._tokens + (now - self._at) / self.every_s)
         self._at = now
         if self._tokens < 1:
             self.held += 1
@@ -490,7 +513,7 @@ class _RateLimitedWarning:
 
 
 def _loss_scale(trainer) -> float | None:
-    engine = getattr(trainer.strategy, "deepspeed_engine", None)
+    engine = _deepspeed_engine(trainer)
     if engine is not None and hasattr(engine, "optimizer"):
         if not engine.fp16_enabled():
             return None  # bf16/fp32 optimizers report a constant scale of 1: nothing to guard
@@ -532,13 +555,11 @@ class GradNorm(L.Callback):
         engine = _deepspeed_engine(trainer)
         if engine is None or not (self._step_ends(trainer) and _logs_now(trainer)):
             return
-        norm = engine.get_global_grad_norm()  # the host float DeepSpeed computed in its step
+        # What DeepSpeed computed in its step (a device tensor under ZeRO; inf at a step it
+        # skipped for an fp16 overflow), read by Lightning when it writes the logs.
+        norm = engine.get_global_grad_norm()
         if norm is not None:
-            pl_module.log("train/grad_norm", float(norm), on_step=True, batch_size=1)
-
-
-def _deepspeed_engine(trainer: L.Trainer):
-    return getattr(trainer.strategy, "deepspeed_engine", None)
+            pl_module.log("train/grad_norm", norm, on_step=True, batch_size=1)
 
 
 class Throughput(L.Callback):

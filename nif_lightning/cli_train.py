@@ -133,7 +133,8 @@ def _train(args: argparse.Namespace) -> int:
     from nif_lightning.recipes.train import checkpoint_to_resume, is_global_zero, run_training
 
     out = Path(cfg.out)
-    if args.resume and checkpoint_to_resume(out, resume=True) is None:  # what training would use
+    # What training would use; asked of global rank 0 alone (see `run_training`).
+    if args.resume and is_global_zero() and checkpoint_to_resume(out, resume=True) is None:
         problems.append(
             f"`--resume`: no checkpoint to continue in {out} (checkpoints/last.ckpt or a SLURM "
             "hpc_ckpt_*.ckpt)"

@@ -125,6 +125,7 @@ class NifDataModule(L.LightningDataModule):
         self.val_examples: list[TokenizedExample] = []
         self._pad_id = 0
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained) from a ckpt
+        self._told_repeats = False
 
     # ---- setup ----------------------------------------------------------------------------------
 
@@ -243,7 +244,19 @@ class NifDataModule(L.LightningDataModule):
         """This rank's index groups of `epoch` (validation: one fixed order)."""
         seed = self.cfg.seed + (epoch if train else 0)
         groups = self.epoch_batches(examples, seed, shuffle=train)
-        return self.rank_batches(groups, *self._rank(), self._accumulation() if train else 1)
+        rank, world = self._rank()
+        multiple = self._accumulation() if train else 1
+        dealt = self.rank_batches(groups, rank, world, multiple)
+        repeats = len(dealt) * world - len(groups)
+        if train and repeats > 0.1 * len(groups) and not self._told_repeats:
+            self._told_repeats = True
+            rank_zero_warn(
+                f"{repeats} of the {len(groups) + repeats} training batches of an epoch repeat "
+                f"its first ones, so that each of {world} rank(s) gets whole optimizer steps of "
+                f"{multiple} micro-batches: a small dataset for this many ranks and this "
+                "`accumulate_grad_batches`"
+            )
+        return dealt
 
     def collate(self, examples: list[TokenizedExample]) -> dict:
         if self.cfg.packing:

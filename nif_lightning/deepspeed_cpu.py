@@ -18,6 +18,7 @@ GPU ranks use NCCL and never build this op.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,17 +48,30 @@ def lock_path() -> Path:
 
 def _holders(lock: Path) -> list[int] | None:
     """Pids of this machine's processes that hold `lock` open (a `FileBaton` keeps its file
-    descriptor open while it builds); None where /proc cannot tell."""
+    descriptor open while it builds), matched by inode, so a path through a link or a relative
+    TORCH_EXTENSIONS_DIR matches too; None where /proc cannot tell. Other users' processes
+    cannot be read, and are taken not to hold it (the extensions cache is per user)."""
     proc = Path("/proc")
     if not (proc / "self" / "fd").is_dir():
         return None
-    target, pids = str(lock), []
+    try:
+        target = lock.stat()
+    except FileNotFoundError:
+        return []
+    pids = []
     for fds in proc.glob("[0-9]*/fd"):
         try:
-            if any(os.readlink(fd) == target for fd in fds.iterdir()):
-                pids.append(int(fds.parent.name))
+            entries = list(fds.iterdir())
         except OSError:  # gone, or another user's process
             continue
+        for fd in entries:
+            try:
+                info = fd.stat()
+            except OSError:  # closed while we looked
+                continue
+            if (info.st_dev, info.st_ino) == (target.st_dev, target.st_ino):
+                pids.append(int(fds.parent.name))
+                break
     return pids
 
 
@@ -109,18 +123,27 @@ def build(limit_s: float = BUILD_LIMIT_S, log=lambda message: None) -> float:
     check_build_lock(wait_s=limit_s, log=log)
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     left = max(1.0, limit_s - (time.monotonic() - start))
+    # A session of its own: on a timeout the compilers it started (ninja, c++) stop with it.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOAD],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", _LOAD], env=env, capture_output=True, text=True, timeout=left
-        )
+        stdout, stderr = proc.communicate(timeout=left)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         lock = lock_path()
         if lock.exists() and _holders(lock) == []:  # our build's, killed just now
             lock.unlink(missing_ok=True)
         raise RuntimeError(
             f"building DeepSpeed's CPU comm op took longer than {limit_s:.0f} s; stopped"
         ) from None
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
+    if proc.returncode != 0:
+        tail = (stderr or stdout).strip().splitlines()[-15:]
         raise RuntimeError("building DeepSpeed's CPU comm op failed:\n" + "\n".join(tail))
     return time.monotonic() - start

@@ -56,7 +56,9 @@ def pytest_collection_finish(session):
     CPU ranks (fixture `deepspeed_on_cpu`): its JIT build takes 1-8 min, past one test's timeout,
     and a build killed by that timeout would leave a lock every later run waits on."""
     wanted = any("deepspeed_on_cpu" in getattr(item, "fixturenames", ()) for item in session.items)
-    if not wanted or torch.cuda.is_available() or importlib.util.find_spec("deepspeed") is None:
+    if not wanted or session.config.option.collectonly or torch.cuda.is_available():
+        return
+    if importlib.util.find_spec("deepspeed") is None:
         return
     from nif_lightning.deepspeed_cpu import BUILD_LIMIT_S, build
 

@@ -1,7 +1,7 @@
 """nif_kernels: fused LoRA linear in Triton, with a plain-torch reference.
 
-The card's folder `kernels/` holds this package (`kernels/nif_kernels/`) and has no
-`__init__.py` of its own: the import name `kernels` is Hugging Face's (transformers imports it on
+The checkout's top-level folder `kernels/` holds this package (`kernels/nif_kernels/`) and has
+no `__init__.py` of its own: the import name `kernels` is Hugging Face's (transformers imports it on
 every model import), and a top-level package `kernels` in the checkout would shadow it wherever
 the checkout root is on `sys.path` (`python -m pytest`, `python -c`). This package imports
 nothing of ours; its imports inside are relative.

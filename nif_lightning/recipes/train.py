@@ -325,10 +325,13 @@ def run_training(
     `resume`, and `TrainingTerminated` (exit 143) after SIGTERM saved `last.ckpt`."""
     out = Path(cfg.out)
     ckpt = checkpoint_to_resume(out, resume=resume)  # every rank: none starts a mixed run
+    if not is_global_zero():
+        # A rank that sees no checkpoint to resume while rank 0 does is on another filesystem:
+        # it goes on to LastCheckpoint's check, where every rank stops together, rather than
+        # stopping alone here while the others wait for it at the rendezvous.
+        return _train(cfg, out, ckpt, force, checkpointing)
     if resume and ckpt is None:
         raise FileNotFoundError(f"`--resume`: no checkpoint in {out / 'checkpoints'}")
-    if not is_global_zero():
-        return _train(cfg, out, ckpt, force, checkpointing)
     with TrainLock(out):
         ckpt = checkpoint_to_resume(out, resume=resume)  # again, now that no one else writes
         return _train(cfg, out, ckpt, force, checkpointing)

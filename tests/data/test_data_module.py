@@ -74,6 +74,27 @@ def test_each_rank_gets_whole_optimizer_steps(groups, world, accumulation):
     assert dealt == [batches[i % groups] for i in range(count * world)]  # in order, cyclic
 
 
+def test_many_repeated_batches_are_said_once(env, recwarn):
+    from types import SimpleNamespace
+
+    data, tiny = env
+    dm = NifDataModule(data, tiny, DataConfig(cutoff_len=96, micro_batch_size=2))
+    dm.setup()
+    groups = len(dm.epoch_batches(dm.train_examples, seed=0, shuffle=True))
+    world, accumulation = 2, groups  # each rank: one step of `groups` micro-batches
+    dm.trainer = SimpleNamespace(
+        global_rank=0, world_size=world, accumulate_grad_batches=accumulation, current_epoch=0
+    )
+    assert len(dm.train_dataloader()) == accumulation
+    list(dm.train_dataloader())
+    said = [str(w.message) for w in recwarn if "repeat its first ones" in str(w.message)]
+    assert said == [
+        f"{groups} of the {2 * groups} training batches of an epoch repeat its first ones, so "
+        f"that each of 2 rank(s) gets whole optimizer steps of {groups} micro-batches: a small "
+        "dataset for this many ranks and this `accumulate_grad_batches`"
+    ]
+
+
 def test_padded_mode(env):
     data, tiny = env
     dm = NifDataModule(data, tiny, DataConfig(cutoff_len=1024, micro_batch_size=4, packing=False))

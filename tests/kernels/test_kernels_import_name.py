@@ -104,7 +104,9 @@ def test_from_the_root_transformers_gets_hf_kernels_and_training_gets_ours(tiny)
     -c "from transformers import LlamaConfig"` and `import nif_lightning` from the checkout root,
     then our fused LoRA path trains there. With a `kernels/__init__.py` at the root the
     transformers import fails (the ImportError above)."""
-    installed = Path(importlib.util.find_spec("kernels").origin)
+    spec = importlib.util.find_spec("kernels")
+    assert spec is not None and spec.origin, "Hugging Face's kernels is not installed (test extra)"
+    installed = Path(spec.origin)
     assert installed.parent != REPO / "kernels"  # this pytest process runs from the root too
     _run("from transformers import LlamaConfig; import nif_lightning; print('{}')")
     _check_from_the_root(_run(_FROM_THE_ROOT, str(tiny)), installed)

@@ -4,6 +4,7 @@ are the ones `.ci/run` and a new user would type."""
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -51,9 +52,14 @@ def test_readme_commands_install_cpu_torch_first():
     assert _readme_command("Run the whole method")[-1] == "nif run"
 
 
-def test_the_sbatch_template_is_the_readmes_and_asks_what_lightning_needs():
-    """2 nodes x 8 V100s: one task per GPU (Lightning reads SLURM's ranks), SIGUSR1 90 s before
-    the limit (Lightning's checkpoint and requeue), requeueable, `srun nif train`."""
+def test_the_sbatch_template_is_the_readmes_and_its_nif_train_line_parses(tmp_path):
+    """2 nodes x 8 V100s: one task per GPU (Lightning reads SLURM's ranks), SIGTERM 90 s before
+    the limit (`nif train` saves at a step boundary, exits 143), a requeue on 143, and a `srun
+    nif train` line that nif's own parser reads as 2 nodes x 8 GPUs x accumulation 2."""
+    from data_gen.schema import dotted_given
+    from nif_lightning.cli import build_parser
+    from nif_lightning.config import TrainConfig, load_config
+
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("Under SLURM, [`configs/slurm/2x8-v100.sbatch`]", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
@@ -65,8 +71,15 @@ def test_the_sbatch_template_is_the_readmes_and_asks_what_lightning_needs():
         if line.startswith("#SBATCH --") and "=" in line
     )
     assert directives["nodes"] == "2" and directives["ntasks-per-node"] == "8"
-    assert directives["gpus-per-node"] == "8" and directives["signal"] == "SIGUSR1@90"
+    assert directives["gpus-per-node"] == "8" and directives["signal"] == "SIGTERM@90"
     assert "#SBATCH --requeue" in block
+    assert 'if [ "$status" -eq 143 ]; then scontrol requeue "$SLURM_JOB_ID"; fi' in block
     (launch,) = [line for line in block.splitlines() if line.startswith("srun ")]
-    assert "nif train --config" in launch and "--num-nodes 2 --devices 8" in block
+    argv = shlex.split(launch.replace('"$CONFIG"', str(ROOT / "configs/paper/llama3-8b.yaml")))
+    assert argv[:2] == ["srun", "nif"]
+    args = build_parser().parse_args(argv[2:])
+    cfg = load_config(args.config, dotted_given(args, TrainConfig))
+    t = cfg.trainer
+    assert (t.num_nodes, t.devices, t.accumulate_grad_batches) == (2, 8, 2)
+    assert t.num_nodes * t.devices * t.accumulate_grad_batches * cfg.data.micro_batch_size == 256
     subprocess.run(["bash", "-n", str(template)], check=True)
