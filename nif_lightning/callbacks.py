@@ -396,23 +396,25 @@ class LossScaleGuard(L.Callback):
             self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         if not self._step_ends(trainer):
             return
-        self._note_skipped_steps(trainer)
+        skipped = self._note_skipped_steps(trainer)
         every = trainer.log_every_n_steps
         if _logs_now(trainer) or (not every and trainer.global_step % 50 == 0):
             scale = self.check(trainer)
             if scale is not None:
                 metrics = {"train/loss_scale": scale}
-                if _skipped_steps(trainer) is not None:
-                    metrics["train/skipped_steps"] = float(self._skipped)
+                if skipped is not None:
+                    metrics["train/skipped_steps"] = float(skipped)
                 pl_module.log_dict(metrics, on_step=True, batch_size=1)
 
-    def _note_skipped_steps(self, trainer) -> None:
+    def _note_skipped_steps(self, trainer) -> int | None:
+        """Say the steps DeepSpeed skipped since the last look; returns its count so far (None
+        without DeepSpeed fp16)."""
         skipped = _skipped_steps(trainer)
         if skipped is None or skipped == self._skipped:
-            return
+            return skipped
         new, self._skipped = skipped - self._skipped, skipped
         if not trainer.is_global_zero:
-            return
+            return skipped
         scale = _loss_scale(trainer)
         step = trainer.global_step  # the step just skipped (DeepSpeed still counts it)
         what = "step was" if new == 1 else f"{new} steps were"
@@ -428,6 +430,7 @@ class LossScaleGuard(L.Callback):
             metrics["train/loss_scale"] = scale
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step - 1)
+        return skipped
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         # Saves during fit only (every rank saves then); not one a user makes afterwards.
